@@ -1,0 +1,3 @@
+from embedstore.cli import app
+
+app(prog_name="embedstore")

@@ -1,0 +1,1 @@
+"""Data sets: EchoNet-Dynamic import, the phantom cohort, folder ingest, released embeddings."""

@@ -1,0 +1,138 @@
+"""`embedstore ingest`: register videos (an EchoNet folder, a folder of files, or one file) in a store.
+
+Idempotent by content (sha256): a file already present is 'unchanged'. Each video is decoded once
+to check it and read its size and timing; a bad file is skipped with its reason and the rest go on.
+Rows are committed in batches, so an interrupted ingest keeps what it finished and resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedstore.datasets.echonet import read_filelist, read_reports
+from embedstore.errors import EmbedstoreError, NotFound
+from embedstore.progress import bar
+from embedstore.store import Store
+from embedstore.video.read import VIDEO_SUFFIXES, read_video
+
+BATCH = 128
+
+
+@dataclass
+class IngestSummary:
+    added: int = 0
+    unchanged: int = 0
+    labelled: int = 0
+    reports: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"added": self.added, "unchanged": self.unchanged, "labelled": self.labelled,
+                "reports": self.reports, "skipped": [{"item": p, "reason": r} for p, r in self.skipped]}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_videos(folder: Path) -> list[Path]:
+    """Video files below `folder`, by suffix, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def describe(path: Path, salt: str) -> dict:
+    """Catalog row of one file: decoded once to validate it; DICOM keys de-identified with the salt."""
+    video = read_video(path, salt=salt)
+    deid = video.meta.get("deid", {})
+    return {
+        "video_id": path.stem, "source_path": str(path.resolve()), "sha256": sha256_file(path),
+        "patient_id": deid.get("patient_id"), "study_id": deid.get("study_id"),
+        "acquired_at": deid.get("acquired_at"), "view": deid.get("view"),
+        "n_frames": video.n_frames, "fps": video.fps, "height": video.height, "width": video.width,
+        "format": video.format,
+    }
+
+
+def ingest(source: str | Path, store: Store, reports: str | Path | None = None, workers: int = 2,
+           progress: bool = True) -> IngestSummary:
+    """Add the videos under `source` (and optional reports) to `store`; see the module docstring."""
+    source = Path(source)
+    if not source.exists():
+        raise NotFound(f"{source}: no such file or folder")
+    summary = IngestSummary()
+    labels: dict[str, dict] = {}
+    if source.is_dir() and (source / "FileList.csv").exists():
+        labels = {row["video_id"]: row for row in read_filelist(source / "FileList.csv")}
+        videos_dir = source / "Videos" if (source / "Videos").is_dir() else source
+        paths = find_videos(videos_dir)
+        on_disk = {p.stem for p in paths}
+        for video_id in sorted(set(labels) - on_disk):
+            summary.skipped.append((video_id, "listed in FileList.csv but no video file found"))
+        paths = [p for p in paths if p.stem in labels] + [p for p in paths if p.stem not in labels]
+    elif source.is_dir():
+        paths = find_videos(source)
+    else:
+        paths = [source]
+    report_rows = read_reports(Path(reports)) if reports else []
+
+    with store.run("ingest", {"source": str(source), "reports": str(reports) if reports else None}) as run:
+        _add_paths(paths, labels, store, summary, workers, progress)
+        if labels:
+            summary.labelled = store.catalog.update_labels([labels[v] for v in labels if v in store.catalog.video_ids()])
+        if report_rows:
+            summary.reports = store.add_reports(report_rows)
+        run.added = summary.added
+        run.failures = [{"item": p, "error": r} for p, r in summary.skipped]
+    return summary
+
+
+def _add_paths(paths: list[Path], labels: dict, store: Store, summary: IngestSummary, workers: int,
+               progress: bool) -> None:
+    known = store.catalog.known_sha256()
+    taken = store.catalog.video_ids()
+    salt = store.salt
+    pending: list[dict] = []
+
+    def job(path: Path) -> dict | tuple[str, str]:
+        try:
+            digest = sha256_file(path)
+            if digest in known:
+                return ("unchanged", known[digest])
+            return describe(path, salt)
+        except EmbedstoreError as exc:
+            return (str(path), exc.message)
+        except OSError as exc:
+            return (str(path), f"{path}: cannot read ({exc.strerror})")
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, bar(total=len(paths), desc="ingest", unit="video",
+                                                                       enabled=progress) as pbar:
+        for path, result in zip(paths, pool.map(job, paths)):
+            pbar.update(1)
+            if isinstance(result, tuple):
+                if result[0] == "unchanged":
+                    summary.unchanged += 1
+                else:
+                    summary.skipped.append(result)
+                continue
+            row = result
+            if row["sha256"] in known:  # the same bytes twice within this ingest
+                summary.unchanged += 1
+                continue
+            if row["video_id"] in taken:
+                row["video_id"] = f"{row['video_id']}-{row['sha256'][:8]}"
+            label = labels.get(path.stem)
+            if label:
+                row.update({k: v for k, v in label.items() if v is not None and k not in ("height", "width", "n_frames", "fps")})
+            known[row["sha256"]] = row["video_id"]
+            taken.add(row["video_id"])
+            pending.append(row)
+            if len(pending) >= BATCH:
+                summary.added += store.add_videos(pending)
+                pending = []
+    summary.added += store.add_videos(pending)

@@ -1,0 +1,122 @@
+"""`embedstore encode`: reader (decode + prepare, ahead in threads) -> encoder -> store writer.
+
+Only videos without a vector for this encoder are read, and each batch is committed on its own,
+so a killed run resumes where it stopped. A video that cannot be read is reported, not fatal.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedstore.errors import BadInput, EmbedstoreError
+from embedstore.progress import bar
+from embedstore.store import Store
+from embedstore.video.read import read_video
+
+
+@dataclass
+class EncodeSummary:
+    encoder: str
+    target: str
+    added: int = 0
+    already: int = 0
+    failed: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def per_second(self) -> float:
+        return self.added / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"encoder": self.encoder, "target": self.target, "added": self.added, "already": self.already,
+                "failed": self.failed, "seconds": round(self.seconds, 3), "per_second": round(self.per_second, 3),
+                "provenance": self.provenance}
+
+
+def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], int]:
+    """(video_id, path) of videos with a file and no vector yet for `encoder`, and how many have one."""
+    rows = store.catalog.query(
+        "SELECT video_id, source_path FROM videos v WHERE source_path IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM embeddings e WHERE e.encoder = ? AND e.target = 'videos' AND e.item_id = v.video_id) "
+        "ORDER BY video_id",
+        [encoder],
+    )
+    done = len(store.catalog.embedded_ids(encoder, "videos"))
+    return [(r[0], r[1]) for r in rows], done
+
+
+def prepared_stream(items: list[tuple[str, str]], preparer, workers: int, ahead: int) -> Iterator[tuple[str, np.ndarray | str]]:
+    """Yield (id, model input) or (id, error message) in order, decoding up to `ahead` videos early."""
+
+    def job(item: tuple[str, str]):
+        video_id, path = item
+        try:
+            return video_id, preparer(read_video(path))
+        except EmbedstoreError as exc:
+            return video_id, exc.message
+        except Exception as exc:  # a decoder bug in one file must not stop a long run
+            return video_id, f"{path}: {type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(job, item) for item in items[:ahead]]
+        for i in range(len(items)):
+            result = futures[i].result()
+            futures[i] = None  # free the decoded frames as soon as they are consumed
+            if i + ahead < len(items):
+                futures.append(pool.submit(job, items[i + ahead]))
+            yield result
+
+
+def encode_store(store: Store, encoder, batch_size: int = 8, workers: int = 2, target: str = "videos",
+                 progress: bool = True, command_args: dict | None = None) -> EncodeSummary:
+    """Embed every video (or report) of `store` that `encoder` has not embedded yet."""
+    if batch_size < 1:
+        raise BadInput(f"--batch-size must be >= 1, got {batch_size}")
+    prov = encoder.provenance()
+    summary = EncodeSummary(encoder.name, target, provenance=prov)
+    args = {"encoder": encoder.name, "target": target, "batch_size": batch_size, "workers": workers,
+            "weights_sha256": prov["weights_sha256"], **(command_args or {})}
+    start = time.perf_counter()
+    with store.run("encode", args) as run, store.writer(prov, target, run) as write:
+        if target == "reports":
+            _encode_reports(store, encoder, write, batch_size, summary, progress)
+        else:
+            items, summary.already = pending_videos(store, encoder.name)
+            ids: list[str] = []
+            inputs: list[np.ndarray] = []
+            with bar(total=len(items), desc=f"encode {encoder.name}", unit="video", enabled=progress) as pbar:
+                for video_id, result in prepared_stream(items, encoder.preparer, workers, ahead=2 * batch_size):
+                    if isinstance(result, str):
+                        run.fail(video_id, result)
+                        pbar.update(1)
+                    else:
+                        ids.append(video_id)
+                        inputs.append(result)
+                    if len(ids) >= batch_size:
+                        write(ids, encoder.embed_prepared(inputs))
+                        pbar.update(len(ids))
+                        ids, inputs = [], []
+                if ids:
+                    write(ids, encoder.embed_prepared(inputs))
+                    pbar.update(len(ids))
+        summary.added = run.added
+        summary.failed = list(run.failures)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _encode_reports(store: Store, encoder, write, batch_size: int, summary: EncodeSummary, progress: bool) -> None:
+    if "text" not in encoder.modalities:
+        raise BadInput(f"encoder {encoder.name} has no text tower; embed reports with echoclip or echoclip-r")
+    done = store.catalog.embedded_ids(encoder.name, "reports")
+    rows = [r for r in store.catalog.query("SELECT report_id, text FROM reports ORDER BY report_id") if r[0] not in done]
+    summary.already = len(done)
+    for start in bar(range(0, len(rows), batch_size), total=-(-len(rows) // batch_size), desc=f"encode {encoder.name} reports",
+                     unit="batch", enabled=progress):
+        chunk = rows[start : start + batch_size]
+        write([r[0] for r in chunk], encoder.embed_texts([r[1] for r in chunk]))

@@ -1,0 +1,215 @@
+"""Where each encoder's checkpoint comes from: named weights as data, resolution, hashing.
+
+Resolution order (first hit wins, nothing is downloaded):
+  1. an explicit path (a checkpoint file, or a folder holding one);
+  2. `$EMBEDSTORE_WEIGHTS/<encoder>/`;
+  3. the offline caches: torch hub's checkpoints folder (torchvision files) or the Hugging Face
+     hub cache (hub ids), looked up local-only, as with HF_HUB_OFFLINE=1;
+  4. otherwise WeightsNotFound: one line naming the files, the places and a fetch command.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedstore.config import weights_dir
+from embedstore.errors import WeightsNotFound
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+_R3D_RAW = "https://media.githubusercontent.com/media/Team-Echo-MIT/r3d-v0-embeddings/main"
+_KINETICS_FETCH = "python -c \"import torchvision; torchvision.models.video.r3d_18(weights='KINETICS400_V1')\""
+
+
+@dataclass(frozen=True)
+class NamedWeights:
+    """One encoder's known weights; `files` are looked for in this order inside a folder."""
+
+    encoder: str
+    files: tuple[str, ...]
+    config: str | None = None  # a folder-format checkpoint (HF, open_clip) needs this file beside the weights
+    hf_repo: str | None = None
+    torch_hub_file: str | None = None
+    fetch: str = ""
+    licence: str = ""
+
+    @property
+    def is_folder(self) -> bool:
+        return self.config is not None
+
+
+WEIGHTS: dict[str, NamedWeights] = {
+    w.encoder: w
+    for w in (
+        NamedWeights(
+            "r3d",
+            files=("r3d_o_sp4.pt", "r3d_binary_111723.pt", "r3d_18-b3b3357e.pth"),
+            torch_hub_file="r3d_18-b3b3357e.pth",
+            fetch=f"curl -L --create-dirs -o $EMBEDSTORE_WEIGHTS/r3d/r3d_o_sp4.pt {_R3D_RAW}/r3d_o_sp4.pt"
+            f" (or the Kinetics-400 init: {_KINETICS_FETCH})",
+            licence="MIT (Team-Echo-MIT/r3d-v0-embeddings; Kinetics-400 init from torchvision, BSD-3-Clause);"
+            " vectors of EchoNet-Dynamic videos carry its research-use agreement",
+        ),
+        NamedWeights(
+            "r3d-v0",
+            files=("r3d_binary_111723.pt", "r3d_o_sp4.pt", "r3d_18-b3b3357e.pth"),
+            torch_hub_file="r3d_18-b3b3357e.pth",
+            fetch=f"curl -L --create-dirs -o $EMBEDSTORE_WEIGHTS/r3d-v0/r3d_binary_111723.pt"
+            f" {_R3D_RAW}/embedder/r3d_binary_111723.pt",
+            licence="MIT (Team-Echo-MIT/r3d-v0-embeddings); vectors of EchoNet-Dynamic videos carry its"
+            " research-use agreement",
+        ),
+        NamedWeights(
+            "videomae",
+            files=("model.safetensors", "pytorch_model.bin"),
+            config="config.json",
+            hf_repo="MCG-NJU/videomae-base",
+            fetch="huggingface-cli download MCG-NJU/videomae-base --local-dir $EMBEDSTORE_WEIGHTS/videomae",
+            licence="CC-BY-NC-4.0 (MCG-NJU/videomae-base weights): non-commercial use",
+        ),
+        NamedWeights(
+            "echoclip",
+            files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+            config="open_clip_config.json",
+            hf_repo="mkaichristensen/echo-clip",
+            fetch="huggingface-cli download mkaichristensen/echo-clip --local-dir $EMBEDSTORE_WEIGHTS/echoclip",
+            licence="EchoCLIP (echonet/echo_CLIP): academic, non-commercial licence; no redistribution of"
+            " weights or derived embeddings without the authors' permission",
+        ),
+        NamedWeights(
+            "echoclip-r",
+            files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+            config="open_clip_config.json",
+            hf_repo="mkaichristensen/echo-clip-r",
+            fetch="huggingface-cli download mkaichristensen/echo-clip-r --local-dir $EMBEDSTORE_WEIGHTS/echoclip-r",
+            licence="EchoCLIP-R (echonet/echo_CLIP): academic, non-commercial licence; the template vocabulary"
+            " is not shipped (load it from your own copy); no redistribution of weights or derived embeddings",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A found checkpoint: `path` is what the loader opens (file, or folder for HF/open_clip)."""
+
+    path: Path
+    file: Path  # the weights file itself, hashed for provenance
+    source: str  # explicit | EMBEDSTORE_WEIGHTS | torch-hub-cache | hf-hub-cache
+
+
+def resolve(encoder: str, explicit: str | Path | None = None) -> Resolved:
+    """Find `encoder`'s checkpoint offline, or raise a one-line WeightsNotFound."""
+    entry = WEIGHTS[encoder]
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise WeightsNotFound(f"weights path {path} does not exist; pass an existing {_expected(entry)}")
+        found = _in_folder(entry, path.parent if path.is_file() and entry.is_folder else path)
+        if found is None:
+            raise WeightsNotFound(f"{path} holds no {_expected(entry)}; fetch with: {entry.fetch}")
+        return Resolved(*found, "explicit")
+    found = find(encoder)
+    if found is None:
+        raise WeightsNotFound(_not_found_message(entry))
+    return found
+
+
+def find(encoder: str) -> Resolved | None:
+    """The checkpoint the default resolution would use (steps 2-3), or None; never raises for absence."""
+    entry = WEIGHTS[encoder]
+    root = weights_dir()
+    if root is not None and (root / encoder).is_dir():
+        found = _in_folder(entry, root / encoder)
+        if found is not None:
+            return Resolved(*found, "EMBEDSTORE_WEIGHTS")
+    if entry.torch_hub_file:
+        candidate = torch_hub_checkpoints() / entry.torch_hub_file
+        if candidate.is_file():
+            return Resolved(candidate, candidate, "torch-hub-cache")
+    if entry.hf_repo:
+        found = _in_hf_cache(entry)
+        if found is not None:
+            return Resolved(*found, "hf-hub-cache")
+    return None
+
+
+def torch_hub_checkpoints() -> Path:
+    """torch.hub's checkpoint folder, read from $TORCH_HOME at call time (as torch.hub does)."""
+    torch_home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "torch"
+    return Path(torch_home).expanduser() / "hub" / "checkpoints"
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, read from the environment at call time (huggingface_hub reads it at import)."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    hf_home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    return Path(hf_home).expanduser() / "hub"
+
+
+def _in_folder(entry: NamedWeights, folder: Path) -> tuple[Path, Path] | None:
+    """(path to load, weights file) when `folder` (or a file) holds a usable checkpoint."""
+    if folder.is_file():
+        return (folder, folder) if not entry.is_folder else None
+    if entry.is_folder and not (folder / entry.config).is_file():
+        return None
+    for name in entry.files:
+        if (folder / name).is_file():
+            return (folder if entry.is_folder else folder / name), folder / name
+    if entry.is_folder:
+        return None
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    return (candidates[0], candidates[0]) if len(candidates) == 1 else None
+
+
+def _in_hf_cache(entry: NamedWeights) -> tuple[Path, Path] | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = str(hf_hub_cache())
+    config = try_to_load_from_cache(entry.hf_repo, entry.config, cache_dir=cache)
+    if not isinstance(config, str):
+        return None
+    snapshot = Path(config).parent
+    for name in entry.files:
+        weights = try_to_load_from_cache(entry.hf_repo, name, cache_dir=cache)
+        if isinstance(weights, str) and Path(weights).parent == snapshot:
+            return snapshot, Path(weights)
+    return None
+
+
+def _expected(entry: NamedWeights) -> str:
+    files = " or ".join(entry.files)
+    return f"folder with {entry.config} and {files}" if entry.is_folder else f"checkpoint file ({files})"
+
+
+def _not_found_message(entry: NamedWeights) -> str:
+    root = weights_dir()
+    places = [f"{root / entry.encoder}/" if root else f"$EMBEDSTORE_WEIGHTS/{entry.encoder}/ (EMBEDSTORE_WEIGHTS is unset)"]
+    if entry.torch_hub_file:
+        places.append(str(torch_hub_checkpoints() / entry.torch_hub_file))
+    if entry.hf_repo:
+        places.append(f"the Hugging Face cache {hf_hub_cache()} (hub id {entry.hf_repo})")
+    return (
+        f"no weights for encoder '{entry.encoder}': expected a {_expected(entry)} in {' or '.join(places)};"
+        f" on a machine with internet fetch them with: {entry.fetch}; or pass weights=PATH"
+    )
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed; cached by (path, size, mtime) so re-hashing is free."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
