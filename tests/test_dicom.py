@@ -104,6 +104,17 @@ def test_lossy_round_trip_keeps_colours(tmp_path: Path, syntax: str, photometric
     check_square_moves(video.frames)
 
 
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL_422"])
+def test_pixel_data_over_the_deferral_size(tmp_path: Path, photometric: str) -> None:
+    """Pixel data over 1 MB is read lazily from the file, after the header checks."""
+    frames = np.random.default_rng(0).integers(0, 256, (30, 128, 128, 3), dtype=np.uint8)
+    path = write_dicom(tmp_path / "big.dcm", frames, photometric=photometric)
+    video = read_dicom(path)
+    assert video.frames.shape == frames.shape
+    if photometric == "RGB":
+        assert np.array_equal(video.frames, frames)
+
+
 @pytest.mark.parametrize(
     "encoded,labelled", [("YBR_FULL_422", "RGB"), ("YBR_FULL", "RGB"), ("RGB", "YBR_FULL_422")]
 )

@@ -22,6 +22,11 @@ _R3D_RAW = "https://media.githubusercontent.com/media/Team-Echo-MIT/r3d-v0-embed
 _KINETICS_FETCH = "python -c \"import torchvision; torchvision.models.video.r3d_18(weights='KINETICS400_V1')\""
 
 
+def _hf_fetch(repo: str, encoder: str) -> str:
+    return (f"hf download {repo} --local-dir $EMBEDSTORE_WEIGHTS/{encoder}"
+            f" (huggingface_hub < 1.0: huggingface-cli download {repo} --local-dir $EMBEDSTORE_WEIGHTS/{encoder})")
+
+
 @dataclass(frozen=True)
 class NamedWeights:
     """One encoder's known weights; `files` are looked for in this order inside a folder."""
@@ -65,7 +70,7 @@ WEIGHTS: dict[str, NamedWeights] = {
             files=("model.safetensors", "pytorch_model.bin"),
             config="config.json",
             hf_repo="MCG-NJU/videomae-base",
-            fetch="huggingface-cli download MCG-NJU/videomae-base --local-dir $EMBEDSTORE_WEIGHTS/videomae",
+            fetch=_hf_fetch("MCG-NJU/videomae-base", "videomae"),
             licence="CC-BY-NC-4.0 (MCG-NJU/videomae-base weights): non-commercial use",
         ),
         NamedWeights(
@@ -73,7 +78,7 @@ WEIGHTS: dict[str, NamedWeights] = {
             files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
             config="open_clip_config.json",
             hf_repo="mkaichristensen/echo-clip",
-            fetch="huggingface-cli download mkaichristensen/echo-clip --local-dir $EMBEDSTORE_WEIGHTS/echoclip",
+            fetch=_hf_fetch("mkaichristensen/echo-clip", "echoclip"),
             licence="EchoCLIP (echonet/echo_CLIP): academic, non-commercial licence; no redistribution of"
             " weights or derived embeddings without the authors' permission",
         ),
@@ -82,7 +87,7 @@ WEIGHTS: dict[str, NamedWeights] = {
             files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
             config="open_clip_config.json",
             hf_repo="mkaichristensen/echo-clip-r",
-            fetch="huggingface-cli download mkaichristensen/echo-clip-r --local-dir $EMBEDSTORE_WEIGHTS/echoclip-r",
+            fetch=_hf_fetch("mkaichristensen/echo-clip-r", "echoclip-r"),
             licence="EchoCLIP-R (echonet/echo_CLIP): academic, non-commercial licence; the template vocabulary"
             " is not shipped (load it from your own copy); no redistribution of weights or derived embeddings",
         ),

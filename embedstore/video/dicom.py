@@ -29,15 +29,13 @@ SUPPORTED_PHOTOMETRIC = {
 }
 _LIBJPEG = "pylibjpeg pylibjpeg-libjpeg"
 _OPENJPEG = "pylibjpeg pylibjpeg-openjpeg"
-# pip packages that provide a decoder, by transfer syntax UID prefix
+# pip packages that provide a decoder, by transfer syntax UID prefix (RLE is built into pydicom)
 _DECODER_PACKAGES = {
-    "1.2.840.10008.1.2.4.5": _LIBJPEG,  # JPEG baseline / extended
-    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG lossless
-    "1.2.840.10008.1.2.4.70": _LIBJPEG,
+    "1.2.840.10008.1.2.4.5": _LIBJPEG,  # JPEG baseline, extended, lossless (.50, .51, .57)
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG lossless SV1
     "1.2.840.10008.1.2.4.8": _LIBJPEG,  # JPEG-LS
     "1.2.840.10008.1.2.4.9": _OPENJPEG,  # JPEG 2000
-    "1.2.840.10008.1.2.4.20": _OPENJPEG,  # HTJ2K
-    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",
+    "1.2.840.10008.1.2.4.20": _OPENJPEG,  # HTJ2K (.201-.203)
 }
 
 
@@ -64,6 +62,7 @@ def read_dicom(
             f"{path}: photometric interpretation {photometric or '(missing)'} is not supported; "
             "export the cine as RGB, YBR or monochrome"
         )
+    deid = deidentify(ds, salt or default_salt(), allow, id_map)  # before decoding: a bad `allow` fails fast
     tsyntax = _transfer_syntax(ds)
     frames = _decode(ds, path, tsyntax, (n_frames, rows, cols), photometric, samples)
     fps, fps_source = frame_rate(ds)
@@ -78,7 +77,7 @@ def read_dicom(
         "columns": cols,
         "bits_stored": int(ds.get("BitsStored") or 8),
         "fps_source": fps_source,
-        "deid": deidentify(ds, salt or default_salt(), allow, id_map),
+        "deid": deid,
     }
     return Video(frames, fps, "dicom", path, meta)
 

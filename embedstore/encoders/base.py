@@ -1,0 +1,172 @@
+"""The Encoder interface every model implements, and the registry that names them.
+
+An encoder is split in two so the encode pipeline can overlap decoding with inference:
+`preparer` (model-free, picklable, runs in reader workers) turns a Video into the model input of
+one video, and `embed_prepared` runs the model on a batch of those inputs.
+"""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from copy import deepcopy
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from embedstore import config
+from embedstore.encoders.weights import WEIGHTS, Resolved, find, resolve, sha256_file
+from embedstore.errors import BadInput, NotFound
+from embedstore.video.read import Video
+
+RANDOM_INIT = "random-init"
+
+
+class Encoder(ABC):
+    """A model that maps videos (and, for CLIP models, texts) to L2-normalised float32 vectors."""
+
+    name: ClassVar[str] = ""
+    dim: int = 0
+    modalities: frozenset[str] = frozenset({"video"})
+    spec: dict = {}
+    licence: str = ""
+    defaults: ClassVar[dict[str, Any]] = {"batch_size": 8}
+
+    def __init__(self, weights: str | Path | None = None, random_init: bool = False, device: str = "auto", **options):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise BadInput(
+                f"encoder {self.name} has no option {', '.join(unknown)}; its options are {', '.join(sorted(self.defaults))}"
+            )
+        if random_init and weights is not None:
+            raise BadInput(f"encoder {self.name}: give weights or random_init=True, not both")
+        self.options = {**self.defaults, **options}
+        self.device = config.device(device)
+        self.spec = deepcopy(type(self).spec)
+        self.resolved: Resolved | None = None if random_init else resolve(self.name, weights)
+        self.model = self._load(self.resolved).eval().to(self.device)
+
+    @abstractmethod
+    def _load(self, resolved: Resolved | None):
+        """Build the torch module (random init when `resolved` is None); may update dim and spec."""
+
+    @property
+    @abstractmethod
+    def preparer(self) -> Callable[[Video], np.ndarray]:
+        """A picklable, model-free callable: Video -> the model input of one video (no batch dim)."""
+
+    @abstractmethod
+    def _forward(self, batch):
+        """Model on a device tensor [B, ...] of prepared inputs -> unnormalised vectors [B, D]."""
+
+    def embed_prepared(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """float32 [B, D], L2-normalised; equal shapes are batched, other lengths run one group at a time."""
+        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, x in enumerate(inputs):
+            groups[tuple(x.shape)].append(i)
+        size = int(self.options["batch_size"])
+        for idx in groups.values():
+            for start in range(0, len(idx), size):
+                chunk = idx[start : start + size]
+                out[chunk] = self._run(self._forward, np.stack([inputs[i] for i in chunk]))
+        return out
+
+    def embed_videos(self, videos: list[Video]) -> np.ndarray:
+        prepare = self.preparer
+        return self.embed_prepared([prepare(v) for v in videos])
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        raise BadInput(f"encoder {self.name} has no text tower; use echoclip or echoclip-r")
+
+    def provenance(self) -> dict:
+        """What produced these vectors: stored with every vector set and carried by search results."""
+        import embedstore
+
+        weights = str(self.resolved.file) if self.resolved else RANDOM_INIT
+        return {
+            "encoder": self.name,
+            "dim": self.dim,
+            "weights": weights,
+            "weights_sha256": sha256_file(self.resolved.file) if self.resolved else RANDOM_INIT,
+            "preprocessing": deepcopy(self.spec),
+            "package_version": str(getattr(embedstore, "__version__", "0")),
+            "modalities": sorted(self.modalities),
+        }
+
+    def _run(self, fn: Callable, array: np.ndarray) -> np.ndarray:
+        """fn on `array` moved to the device, in inference mode (autocast on CUDA); normalised float32 rows."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            y = fn(x)
+        return F.normalize(y.float(), dim=-1).cpu().numpy()
+
+    def _autocast(self):
+        import torch
+
+        if not self.device.startswith("cuda"):
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    @classmethod
+    def describe(cls) -> dict:
+        """Registry row for `embedstore encoders`: no model is built, weights are only looked up."""
+        found = find(cls.name)
+        return {
+            "name": cls.name,
+            "dim": cls.dim,
+            "modalities": sorted(cls.modalities),
+            "spec": deepcopy(cls.spec),
+            "licence": cls.licence,
+            "weights": str(found.file) if found else "not found",
+        }
+
+
+_REGISTRY: dict[str, type[Encoder]] = {}
+
+
+def register(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
+    """Class decorator: make an encoder available to get_encoder under `name` (a key of weights.WEIGHTS)."""
+
+    def add(cls: type[Encoder]) -> type[Encoder]:
+        if name not in WEIGHTS:
+            raise ValueError(f"encoder {name} has no entry in embedstore.encoders.weights.WEIGHTS")
+        cls.name = name
+        cls.licence = WEIGHTS[name].licence
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def _builtins() -> None:
+    """Import the built-in encoder modules so their @register lines run."""
+    from embedstore.encoders import echoclip, r3d, videomae  # noqa: F401
+
+
+def get_encoder(
+    name: str, weights: str | Path | None = None, random_init: bool = False, device: str = "auto", **options
+) -> Encoder:
+    """Build encoder `name` with weights found by weights.resolve (or explicit `weights`)."""
+    _builtins()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        known = ", ".join(c.name for c in _ordered())
+        raise NotFound(f"unknown encoder '{name}'; known: {known}; run `embedstore encoders`")
+    return cls(weights=weights, random_init=random_init, device=device, **options)
+
+
+def list_encoders() -> list[dict]:
+    """One row per registered encoder: name, dim, modalities, spec, licence, where its weights are."""
+    _builtins()
+    return [cls.describe() for cls in _ordered()]
+
+
+def _ordered() -> list[type[Encoder]]:
+    """Registered encoders in the order of the weights table."""
+    return sorted(_REGISTRY.values(), key=lambda c: list(WEIGHTS).index(c.name))

@@ -1,0 +1,33 @@
+"""Shared fixtures: small phantom cohorts and stores, made once per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub: every weight they use is a file they wrote.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort(tmp_path_factory) -> Path:
+    """20 patients x 3 videos, 32 frames each: the issue's reference cohort, kept short for speed."""
+    from embedstore.datasets.phantom import make_phantom
+
+    out = tmp_path_factory.mktemp("phantom")
+    make_phantom(out, patients=20, videos_per_patient=3, seed=1, frames=32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ingested_store(phantom_cohort, tmp_path_factory) -> Path:
+    """The phantom cohort ingested with its reports (read-only use: copy it before writing)."""
+    from embedstore.datasets.ingest import ingest
+    from embedstore.store import open_store
+
+    path = tmp_path_factory.mktemp("stores") / "phantom"
+    with open_store(path, create=True) as store:
+        ingest(phantom_cohort, store, reports=phantom_cohort / "reports.csv", progress=False)
+    return path
