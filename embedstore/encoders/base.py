@@ -31,7 +31,7 @@ class Encoder(ABC):
     modalities: frozenset[str] = frozenset({"video"})
     spec: dict = {}
     licence: str = ""
-    defaults: ClassVar[dict[str, Any]] = {"batch_size": 8}
+    defaults: ClassVar[dict[str, Any]] = {"batch_size": 8, "seed": 0}
 
     def __init__(self, weights: str | Path | None = None, random_init: bool = False, device: str = "auto", **options):
         unknown = sorted(set(options) - set(self.defaults))
@@ -45,7 +45,19 @@ class Encoder(ABC):
         self.device = config.device(device)
         self.spec = deepcopy(type(self).spec)
         self.resolved: Resolved | None = None if random_init else resolve(self.name, weights)
-        self.model = self._load(self.resolved).eval().to(self.device)
+        self.model = self._build(self.resolved).eval().to(self.device)
+
+    def _build(self, resolved: Resolved | None):
+        """Random init is seeded, so a query encoder rebuilt later matches the stored vectors."""
+        if resolved is not None:
+            return self._load(resolved)
+        import torch
+
+        seed = int(self.options["seed"])
+        self.spec["random_init_seed"] = seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._load(None)
 
     @abstractmethod
     def _load(self, resolved: Resolved | None):

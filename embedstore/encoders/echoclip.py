@@ -95,7 +95,6 @@ class EchoCLIP(Encoder):
         self.vocab_size = int(model.vocab_size)
         self.spec.update(
             size=size,
-            resize=preprocess.get("interpolation", "bicubic"),
             mean=[float(m) for m in preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)],
             std=[float(s) for s in preprocess.get("std", open_clip.OPENAI_DATASET_STD)],
         )

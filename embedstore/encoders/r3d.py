@@ -89,6 +89,7 @@ class R3D(Encoder):
 class R3DV0(R3D):
     """Released-extraction-script preset."""
 
+    # batch_size 1: every frame of a long cine is already a large input, as in the released script
     defaults = {**Encoder.defaults, "batch_size": 1, "resize": True}
     spec = {
         **R3D.spec,

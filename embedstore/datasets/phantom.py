@@ -1,0 +1,766 @@
+"""A synthetic, EchoNet-Dynamic-shaped cohort of apical four-chamber echo videos, written as real files.
+
+Why: tests, demos and benchmarks need echo videos whose labels are true by construction. The
+ejection fraction in FileList.csv is measured by the method of disks from the left ventricle that is
+actually drawn in the pixels, VolumeTracings.csv traces that same ventricle, a patient's videos share
+anatomy (so same-patient retrieval is a real signal, not noise) and reports.csv says what is drawn.
+Everything is deterministic for a seed and fast enough to build inside a test.
+
+Layout follows EchoNet-Dynamic: Videos/<FileName>.avi, FileList.csv (EchoNet's columns in EchoNet's
+order, then PatientID and StudyID), VolumeTracings.csv (ES rows first, then ED, as EchoNet's loader
+expects), plus reports.csv with one templated report per study.
+
+Geometry lives in "reference pixels" of a 112-pixel frame; other frame sizes scale it, and the pixel
+spacing scales inversely, so volumes in mL do not depend on the frame size.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from embedstore.errors import BadInput
+
+REF_SIZE = 112
+PIXEL_SPACING_CM = 0.15  # per reference pixel: end-diastolic volumes fall in 60-250 mL
+N_DISKS = 20
+FAN_HALF_ANGLE_DEG = 42.0
+FAN_APEX_Y = 0.03  # fan apex below the top edge, fraction of the frame
+FAN_RADIUS = 0.93  # fan depth, fraction of the frame
+CODEC_SUFFIX = {"mjpeg": ".avi", "mpeg4": ".avi", "libx264": ".mp4"}
+FILE_LIST_COLUMNS = ("FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split",
+                     "PatientID", "StudyID")
+TRACING_COLUMNS = ("FileName", "X1", "Y1", "X2", "Y2", "Frame")
+REPORT_COLUMNS = ("report_id", "study_id", "patient_id", "text")
+
+# Linear echo intensities (tissue = 1); displayed on a log scale like a scanner.
+_MYOCARDIUM, _PERICARDIUM, _VALVE, _BACKGROUND, _BLOOD, _LEAD, _CLUTTER = 1.0, 2.0, 1.0, 0.05, 0.004, 8.0, 0.12
+_TOP_DB, _RANGE_DB, _DEPTH_LOSS_DB = 13.0, 50.0, 8.0
+_RV_BLUNTNESS = -0.8  # the RV tapers to its apex (a crescent beside the LV), unlike the bullet-shaped LV
+_LEVELS = 33  # contraction states: frames in the same state share one rendering of the chambers
+_CHUNK = 16  # frames per step of the final, per-frame stage
+_SUB = 2  # the chambers are smooth, so they are rendered at half resolution and upsampled
+_LOW_EF_SHARE, _DEVICE_SHARE, _NEW_DEVICE_SHARE, _OVERLAY_SHARE = 0.35, 0.2, 0.25, 0.4
+
+
+@dataclass(frozen=True)
+class Heart:
+    """One patient's anatomy at one study, in reference pixels; every video of the study shares it."""
+
+    ef: float  # intended ejection fraction, percent; the label is measured from the drawing
+    heart_rate: float  # beats per minute
+    lv_length: float  # end-diastolic long axis, apex to mitral annulus
+    lv_width: float  # end-diastolic basal diameter
+    bluntness: float  # 0 = half-ellipse, 1 = bullet
+    tilt: float  # LV long axis from vertical, radians, base to the right
+    apex: tuple[float, float]  # LV apex (x, y) from the fan apex
+    wall: float
+    septum: float
+    rv_length: float  # fraction of the LV length
+    rv_width: float  # fraction of the LV width
+    rv_tilt: float  # RV axis relative to the LV axis, radians, negative = base to the left
+    la_size: tuple[float, float]  # (width, height) as fractions of LV width and length
+    ra_size: tuple[float, float]  # (width, height) as fractions of RV width and LV length
+    device: bool  # pacemaker lead through the right atrium into the right ventricle
+    texture_seed: int
+
+    @property
+    def long_shortening(self) -> float:
+        """Fractional long-axis shortening: about 15% at normal EF, less when the LV fails."""
+        return 0.25 * self.ef / 100
+
+    @property
+    def width_shortening(self) -> float:
+        """Fractional narrowing that, with the long-axis shortening, gives the intended EF (V ~ W^2 L)."""
+        return 1 - math.sqrt((1 - self.ef / 100) / (1 - self.long_shortening))
+
+    @property
+    def systole(self) -> float:
+        """Share of the cycle spent ejecting; systole takes a larger share at faster rates."""
+        return 0.28 + 0.0017 * (self.heart_rate - 50)
+
+
+@dataclass(frozen=True)
+class Take:
+    """One acquisition: probe pose, gain, timing and noise differ between a patient's videos."""
+
+    rotation: float  # probe rotation about the fan apex, radians
+    shift: tuple[float, float]  # reference pixels
+    gain_db: float
+    phase: float  # cardiac phase at frame 0 (0 = end-diastole)
+    foreshortening: float  # factor on the LV length seen in this view
+    squeeze: float  # factor on the narrowing: beat-to-beat and view-to-view variability
+    overlay: bool  # burned-in text, ECG and depth ticks outside the sector
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Study:
+    patient_id: str
+    study_id: str
+    split: str
+    heart: Heart
+    takes: tuple[tuple[str, Take], ...]  # (FileName, take)
+
+
+@dataclass(frozen=True)
+class _Pose:
+    """Where the LV frame sits in the image: s runs from the LV apex to the base, v across to the right."""
+
+    apex: tuple[float, float]  # image pixels
+    axis: tuple[float, float]  # unit vector, apex to base
+    across: tuple[float, float]  # unit vector, towards the image right
+    scale: float  # image pixels per reference pixel
+
+    def lv_coords(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dx, dy = x - self.apex[0], y - self.apex[1]
+        s = (dx * self.axis[0] + dy * self.axis[1]) / self.scale
+        v = (dx * self.across[0] + dy * self.across[1]) / self.scale
+        return s.astype(np.float32), v.astype(np.float32)
+
+    def to_image(self, s: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self.apex[0] + self.scale * (s * self.axis[0] + v * self.across[0])
+        y = self.apex[1] + self.scale * (s * self.axis[1] + v * self.across[1])
+        return x, y
+
+
+@dataclass(frozen=True)
+class _Fan:
+    """The sector, fixed for a frame size: soft mask, polar coordinates, and where overlays may go."""
+
+    mask: np.ndarray  # float32 [H, W], 1 inside, soft 1-pixel edge
+    radius: np.ndarray  # pixels from the fan apex
+    angle: np.ndarray  # radians from vertical
+    depth: float
+    outside: np.ndarray  # bool, at least 2 pixels outside the sector
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    frames: np.ndarray  # uint8 [T, H, W] grey
+    traces: dict[int, np.ndarray]  # frame -> [1 + N_DISKS, 4] (X1, Y1, X2, Y2); ES first, then ED
+    esv: float
+    edv: float
+
+    @property
+    def ef(self) -> float:
+        return 100 * (self.edv - self.esv) / self.edv
+
+
+def make_phantom(out: Path, patients: int = 20, videos_per_patient: int = 3, studies_per_patient: int = 1,
+                 seed: int = 0, frames: int = 128, fps: float = 50.0, size: int = 112,
+                 codec: str = "mjpeg") -> dict:
+    """Write a phantom cohort under `out` and return a summary (counts, paths, pixel spacing)."""
+    _check(patients, videos_per_patient, studies_per_patient, seed, frames, fps, size, codec)
+    out = Path(out)
+    videos_dir = out / "Videos"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    suffix = CODEC_SUFFIX[codec]
+    cohort = _plan(patients, videos_per_patient, studies_per_patient, seed)
+    file_rows, tracing_rows, report_rows = [], [], []
+    overlays, devices = [], []
+    for study in cohort:
+        efs, edvs = [], []
+        for name, take in study.takes:
+            video = _render(study.heart, take, frames, fps, size)
+            _write_video(videos_dir / f"{name}{suffix}", video.frames, fps, codec)
+            file_rows.append([name, _num(video.ef), _num(video.esv), _num(video.edv), size, size, f"{fps:g}", frames,
+                              study.split, study.patient_id, study.study_id])
+            tracing_rows += [[f"{name}{suffix}", *map(_num, row), frame]
+                             for frame, trace in video.traces.items() for row in trace]
+            efs.append(video.ef)
+            edvs.append(video.edv)
+            overlays += [name] if take.overlay else []
+            devices += [name] if study.heart.device else []
+        report_rows.append([f"{study.study_id}-R", study.study_id, study.patient_id,
+                            _report(study.heart, float(np.mean(efs)), float(np.mean(edvs)))])
+    paths = {"file_list": out / "FileList.csv", "volume_tracings": out / "VolumeTracings.csv",
+             "reports": out / "reports.csv"}
+    _write_csv(paths["file_list"], FILE_LIST_COLUMNS, file_rows)
+    _write_csv(paths["volume_tracings"], TRACING_COLUMNS, tracing_rows)
+    _write_csv(paths["reports"], REPORT_COLUMNS, report_rows)
+    splits = [row[8] for row in file_rows]
+    return {
+        "root": out, "videos_dir": videos_dir, **paths,
+        "patients": patients, "studies": len(cohort), "videos": len(file_rows),
+        "frames": frames, "fps": fps, "size": size, "codec": codec,
+        "pixel_spacing_cm": PIXEL_SPACING_CM * REF_SIZE / size,
+        "splits": {s: splits.count(s) for s in ("TRAIN", "VAL", "TEST")},
+        "with_overlay": overlays, "with_device": devices,
+    }
+
+
+def fan_mask(size: int = REF_SIZE) -> np.ndarray:
+    """Boolean [size, size] mask of the phantom's sector (True inside)."""
+    return _fan(size).mask >= 0.5
+
+
+def disk_volume_ml(length: float, diameters: np.ndarray, spacing_cm: float) -> float:
+    """Simpson's single-plane method of disks: sum of pi (d/2)^2 * L / n over the n chords."""
+    diameters = np.asarray(diameters, dtype=float)
+    return float(np.sum(np.pi * (diameters / 2) ** 2) * length / len(diameters) * spacing_cm ** 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# cohort plan
+
+
+def _check(patients: int, videos: int, studies: int, seed: int, frames: int, fps: float, size: int,
+           codec: str) -> None:
+    if min(patients, videos, studies) < 1:
+        raise BadInput("patients, videos_per_patient and studies_per_patient must each be at least 1")
+    if seed < 0:
+        raise BadInput(f"seed must be a non-negative integer, got {seed}")
+    if frames < 2 or not fps > 0:
+        raise BadInput(f"need at least 2 frames and a positive frame rate, got {frames} frames at {fps} fps")
+    if not 32 <= size <= 1024:
+        raise BadInput(f"size must be 32-1024 pixels, got {size}")
+    if codec not in CODEC_SUFFIX:
+        raise BadInput(f"codec {codec!r} is not supported; use one of {', '.join(CODEC_SUFFIX)}")
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    """An independent stream per (seed, purpose, index...): adding videos never reshuffles others."""
+    return np.random.default_rng([seed, *keys])
+
+
+def _plan(patients: int, videos: int, studies: int, seed: int) -> list[_Study]:
+    """Patients with their studies and takes; EF classes and splits are stratified by patient."""
+    order = _rng(seed, 0).permutation(patients)
+    n_low = max(1, round(_LOW_EF_SHARE * patients)) if patients >= 2 else int(_rng(seed, 1).random() < _LOW_EF_SHARE)
+    low_ef = set(order[:n_low].tolist())
+    splits = _splits(patients, _rng(seed, 2))
+    names: set[str] = set()
+    cohort = []
+    for p in range(patients):
+        heart = _draw_heart(_rng(seed, 3, p), p in low_ef)
+        patient_id = f"PAT{p + 1:05d}"
+        for k in range(studies):
+            rng = _rng(seed, 4, p, k)
+            if k:
+                heart = _follow_up(heart, rng)
+            pose_rng = _rng(seed, 5, p, k)
+            study_pose = (pose_rng.normal(0, math.radians(2.0)), tuple(pose_rng.normal(0, 1.5, 2)), pose_rng.normal(0, 1.5))
+            takes = tuple((_file_name(_rng(seed, 6, p, k, i), names), _draw_take(_rng(seed, 7, p, k, i), *study_pose))
+                          for i in range(videos))
+            cohort.append(_Study(patient_id, f"{patient_id}-S{k + 1}", splits[p], heart, takes))
+    return cohort
+
+
+def _splits(patients: int, rng: np.random.Generator) -> list[str]:
+    """TRAIN/VAL/TEST by patient, about 75/12.5/12.5, each non-empty from 4 patients up."""
+    n_val = n_test = round(patients / 8)
+    if patients >= 4:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    labels = ["TEST"] * n_test + ["VAL"] * n_val + ["TRAIN"] * (patients - n_val - n_test)
+    return [labels[i] for i in np.argsort(rng.permutation(patients))]
+
+
+def _file_name(rng: np.random.Generator, taken: set[str]) -> str:
+    """EchoNet-style id: 0X and 16 upper-case hex digits."""
+    while True:
+        name = "0X" + rng.bytes(8).hex().upper()
+        if name not in taken:
+            taken.add(name)
+            return name
+
+
+def _draw_heart(rng: np.random.Generator, low_ef: bool) -> Heart:
+    """A patient: failing ventricles tend to be dilated; everything else varies independently."""
+    ef = rng.uniform(15, 49) if low_ef else rng.uniform(51, 75)
+    dilation = rng.uniform(0.25, 1.0) if low_ef else rng.uniform(0.0, 0.6)
+    wall = rng.uniform(3.5, 7.0)
+    return Heart(
+        ef=ef, heart_rate=rng.uniform(50, 110),
+        lv_length=48 + 18 * dilation + rng.normal(0, 1.5), lv_width=26 + 16 * dilation + rng.normal(0, 1.2),
+        bluntness=rng.uniform(0.2, 0.8), tilt=math.radians(rng.uniform(6, 14)),
+        apex=(2.5 + rng.normal(0, 2.0), 13 + rng.normal(0, 1.5)), wall=wall, septum=wall * rng.uniform(0.9, 1.2),
+        rv_length=rng.uniform(0.72, 0.85), rv_width=rng.uniform(0.65, 0.85), rv_tilt=math.radians(rng.uniform(-8, -2)),
+        la_size=(rng.uniform(0.8, 1.0), rng.uniform(0.45, 0.65)), ra_size=(rng.uniform(0.75, 0.95), rng.uniform(0.4, 0.6)),
+        device=bool(rng.random() < _DEVICE_SHARE), texture_seed=int(rng.integers(2 ** 32)),
+    )
+
+
+def _follow_up(heart: Heart, rng: np.random.Generator) -> Heart:
+    """A later study of the same patient: EF drifts a few points, sometimes a device appears."""
+    return replace(heart, ef=float(np.clip(heart.ef + rng.normal(0, 3.0), 12, 78)),
+                   heart_rate=float(np.clip(heart.heart_rate + rng.normal(0, 5), 50, 110)),
+                   lv_length=heart.lv_length * (1 + rng.normal(0, 0.015)),
+                   lv_width=heart.lv_width * (1 + rng.normal(0, 0.015)),
+                   device=heart.device or bool(rng.random() < _NEW_DEVICE_SHARE))
+
+
+def _draw_take(rng: np.random.Generator, rotation: float, shift: tuple[float, float], gain_db: float) -> Take:
+    """One video of a study: small probe movements around the study's pose, new noise and timing."""
+    return Take(rotation=rotation + rng.normal(0, math.radians(1.0)),
+                shift=(shift[0] + rng.normal(0, 0.8), shift[1] + rng.normal(0, 0.8)),
+                gain_db=gain_db + rng.normal(0, 0.8), phase=rng.random(), foreshortening=rng.uniform(0.94, 1.0),
+                squeeze=1 + rng.normal(0, 0.03), overlay=bool(rng.random() < _OVERLAY_SHARE),
+                seed=int(rng.integers(2 ** 32)))
+
+
+# ---------------------------------------------------------------------------------------------
+# timing and labels
+
+
+def _activation(phase: np.ndarray, systole: float) -> np.ndarray:
+    """0 at end-diastole, 1 at end-systole: ejection, rapid filling, diastasis, atrial kick."""
+    knots = np.array([0.0, systole, systole + 0.3 * (1 - systole), 0.85, 1.0])
+    values = np.array([0.0, 1.0, 0.25, 0.15, 0.0])
+    i = np.clip(np.searchsorted(knots, phase, side="right") - 1, 0, 3)
+    u = (phase - knots[i]) / (knots[i + 1] - knots[i])
+    return values[i] + (values[i + 1] - values[i]) * (0.5 - 0.5 * np.cos(np.pi * u))
+
+
+def _cycle(heart: Heart, take: Take, frames: int, fps: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per frame: contraction state (quantised), whether the AV valves are shut, and frames per beat."""
+    beat = 60 * fps / heart.heart_rate
+    phase = (np.arange(frames) / beat + take.phase) % 1
+    state = np.rint(_activation(phase, heart.systole) * (_LEVELS - 1)) / (_LEVELS - 1)
+    return state.astype(np.float32), phase < heart.systole + 0.03, beat
+
+
+def _traced_frames(state: np.ndarray, heart: Heart, take: Take, beat: float) -> tuple[int, int]:
+    """End-diastole and end-systole of the first whole beat, as EchoNet traces one beat."""
+    start = (1 - take.phase) % 1 * beat
+    ed, es = round(start), round(start + heart.systole * beat)
+    if es < len(state):
+        return ed, es
+    return int(np.argmin(state)), int(np.argmax(state))
+
+
+def _lv_size(heart: Heart, take: Take, state: np.ndarray | float) -> tuple:
+    """LV long axis and basal width drawn at a contraction state (apex fixed, base moves up)."""
+    length = heart.lv_length * take.foreshortening * (1 - heart.long_shortening * state)
+    width = heart.lv_width * (1 - heart.width_shortening * take.squeeze * state)
+    return length, width
+
+
+def _profile(x: np.ndarray, bluntness: float) -> np.ndarray:
+    """1 - (half-width / max half-width)^2 at x = 1 - s/L (0 at the base, 1 at the apex).
+
+    bluntness 0 is a half-ellipse, 1 a bullet (straight sides, round apex), negative tapers.
+    """
+    return x * x * ((1 - bluntness) + bluntness * x)
+
+
+def _chords(length: float, width: float, bluntness: float) -> tuple[np.ndarray, np.ndarray]:
+    """Disk centres along the long axis and the drawn cavity's diameter there."""
+    s = (np.arange(N_DISKS) + 0.5) / N_DISKS * length
+    return s, width * np.sqrt(1 - _profile(1 - s / length, bluntness))
+
+
+def _trace(pose: _Pose, length: float, width: float, bluntness: float) -> np.ndarray:
+    """EchoNet-style tracing rows: the long axis (apex to mitral midpoint), then the chords apex to base."""
+    s, diameters = _chords(length, width, bluntness)
+    ax, ay = pose.to_image(np.array([0.0, length]), np.zeros(2))
+    x1, y1 = pose.to_image(s, -diameters / 2)
+    x2, y2 = pose.to_image(s, diameters / 2)
+    return np.vstack([[ax[0], ay[0], ax[1], ay[1]], np.stack([x1, y1, x2, y2], axis=1)])
+
+
+def _volume(length: float, width: float, bluntness: float) -> float:
+    _, diameters = _chords(length, width, bluntness)
+    return disk_volume_ml(length, diameters, PIXEL_SPACING_CM)
+
+
+# ---------------------------------------------------------------------------------------------
+# drawing
+
+
+@lru_cache(maxsize=8)
+def _fan(size: int) -> _Fan:
+    """The sector: apex at the top centre, 84 degrees wide, black outside."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx, dy = x - (size - 1) / 2, y - FAN_APEX_Y * size
+    radius, angle = np.hypot(dx, dy), np.arctan2(dx, dy)
+    depth = FAN_RADIUS * size
+    inside = np.minimum((math.radians(FAN_HALF_ANGLE_DEG) - np.abs(angle)) * radius, depth - radius)
+    fan = _Fan(np.clip(inside + 0.5, 0, 1), radius, angle, depth, inside < -2)
+    for array in (fan.mask, fan.radius, fan.angle, fan.outside):
+        array.setflags(write=False)
+    return fan
+
+
+@lru_cache(maxsize=8)
+def _grid(size: int, sub: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates of a grid `sub` times coarser than the frame."""
+    centres = np.arange(math.ceil(size / sub), dtype=np.float32) * sub + (sub - 1) / 2
+    y, x = np.meshgrid(centres, centres, indexing="ij")
+    return x, y
+
+
+def _pose(heart: Heart, take: Take, size: int) -> _Pose:
+    """The probe's rotation turns the heart about the fan apex; its shift slides it."""
+    scale = size / REF_SIZE
+    c, s = math.cos(take.rotation), math.sin(take.rotation)
+    hx, hy = heart.apex
+    apex = ((size - 1) / 2 + scale * (hx * c + hy * s + take.shift[0]),
+            FAN_APEX_Y * size + scale * (-hx * s + hy * c + take.shift[1]))
+    theta = heart.tilt + take.rotation
+    return _Pose(apex, (math.sin(theta), math.cos(theta)), (math.cos(theta), -math.sin(theta)), scale)
+
+
+def _ramp(distance: np.ndarray, soft: float) -> np.ndarray:
+    """Soft inside-mask from an (approximate) signed distance, positive inside."""
+    return np.clip(distance / soft + 0.5, 0, 1)
+
+
+def _bullet(s, v, length, half_width, bluntness: float, soft: float, cut=None) -> np.ndarray:
+    """A ventricle: apex at s = 0, widest and flat at the base s = `cut` (default: its length)."""
+    x = np.maximum(1 - s / length, 0)
+    f = _profile(x, bluntness) + (v / half_width) ** 2
+    return np.minimum(_ramp((1 - f) * half_width / 2, soft), _ramp((length if cut is None else cut) - s, soft))
+
+
+def _ellipse(s, v, centre_s, centre_v, half_s, half_v, soft: float) -> np.ndarray:
+    f = ((s - centre_s) / half_s) ** 2 + ((v - centre_v) / half_v) ** 2
+    return _ramp((1 - f) * np.minimum(half_s, half_v) / 2, soft)
+
+
+def _segment(s, v, start: tuple, end: tuple, half_thickness: float, soft: float) -> np.ndarray:
+    """A thick line from `start` to `end` (each an (s, v) pair of scalars or broadcastable arrays)."""
+    ds, dv = end[0] - start[0], end[1] - start[1]
+    ps, pv = s - start[0], v - start[1]
+    t = np.clip((ps * ds + pv * dv) / (ds * ds + dv * dv + 1e-6), 0, 1)
+    ps -= t * ds
+    pv -= t * dv
+    return _ramp(half_thickness - np.sqrt(ps * ps + pv * pv), soft)
+
+
+def _blend(image: np.ndarray, level: float, mask: np.ndarray) -> np.ndarray:
+    return image + (level - image) * mask
+
+
+class _RightVentricle(NamedTuple):
+    """The RV at each state, as an axis from its (fixed) apex to its base, in LV-frame coordinates."""
+
+    apex: tuple[float, float]
+    direction: tuple  # unit (s, v) components, apex to base
+    length: np.ndarray
+    width: np.ndarray
+    base: tuple  # (s, v) of the tricuspid annulus midpoint
+
+    def coords(self, s: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ds, dv = self.direction
+        ps, pv = s - self.apex[0], v - self.apex[1]
+        return ps * ds + pv * dv, pv * ds - ps * dv
+
+
+def _right_ventricle(heart: Heart, take: Take, length, width, state) -> _RightVentricle:
+    """The RV apex stays put; its base follows the tricuspid annulus and the septum as the LV moves."""
+    length_ed, width_ed = _lv_size(heart, take, 0.0)
+    rv_width_ed = heart.rv_width * heart.lv_width
+    reach = heart.rv_length * heart.lv_length
+    apex_s = length_ed - 2 - reach * math.cos(heart.rv_tilt)
+    apex_v = -(width_ed / 2 + heart.septum + rv_width_ed / 2) - reach * math.sin(heart.rv_tilt)
+    rv_width = rv_width_ed * (1 - 0.15 * state)
+    base_s = length - 2
+    base_v = -(width / 2 + heart.septum * (1 + 0.3 * state) + rv_width / 2)
+    ds, dv = base_s - apex_s, base_v - apex_v
+    rv_length = np.sqrt(ds * ds + dv * dv)
+    return _RightVentricle((apex_s, apex_v), (ds / rv_length, dv / rv_length), rv_length, rv_width, (base_s, base_v))
+
+
+def _chambers(s, v, heart: Heart, take: Take, state: np.ndarray, soft: float) -> np.ndarray:
+    """Linear echo intensity of the four chambers and their walls, one image per state [S, h, w]."""
+    state = state[:, None, None]
+    length, width = _lv_size(heart, take, state)
+    wall = heart.wall * (1 + 0.3 * state)  # myocardium thickens as it contracts
+    tip = 0.8 * wall
+    blunt = heart.bluntness
+    lv = _bullet(s, v, length, width / 2, blunt, soft)
+    lv_wall = _bullet(s + tip, v, length + tip, width / 2 + wall, blunt, soft, cut=length + tip + 1.5)
+    pericardium = _bullet(s + tip + 1.5, v, length + tip + 1.5, width / 2 + wall + 1.5, blunt, soft,
+                          cut=length + tip + 1.5)
+    rv = _right_ventricle(heart, take, length, width, state)
+    s_rv, v_rv = rv.coords(s, v)
+    rv_cavity = _bullet(s_rv, v_rv, rv.length, rv.width / 2, _RV_BLUNTNESS, soft)
+    rv_wall = _bullet(s_rv + 2, v_rv, rv.length + 2, rv.width / 2 + 2.5, _RV_BLUNTNESS, soft, cut=rv.length + 3.5)
+    grow = 1 + 0.12 * state  # atria fill while the ventricles eject
+    la_w, la_h = heart.la_size[0] * heart.lv_width * grow, heart.la_size[1] * heart.lv_length * grow
+    ra_w, ra_h = heart.ra_size[0] * heart.rv_width * heart.lv_width * grow, heart.ra_size[1] * heart.lv_length * grow
+    la_s, la_v = length + 0.38 * la_h, 0.05 * heart.lv_width
+    ra_s, ra_v = rv.base[0] + 0.38 * ra_h, la_v - la_w / 2 - 2.5 - ra_w / 2
+    la = _ellipse(s, v, la_s, la_v, la_h / 2, la_w / 2, soft)
+    ra = _ellipse(s, v, ra_s, ra_v, ra_h / 2, ra_w / 2, soft)
+    atrial_walls = np.maximum(_ellipse(s, v, la_s, la_v, la_h / 2 + 1.5, la_w / 2 + 1.5, soft),
+                              _ellipse(s, v, ra_s, ra_v, ra_h / 2 + 1.5, ra_w / 2 + 1.5, soft))
+    image = _blend(np.full(lv.shape, _BACKGROUND, np.float32), _PERICARDIUM, pericardium)
+    image = _blend(image, _MYOCARDIUM, np.maximum(np.maximum(lv_wall, rv_wall), atrial_walls))
+    return _blend(image, _BLOOD, np.maximum(np.maximum(lv, rv_cavity), np.maximum(la, ra)))
+
+
+def _leaflets(s, v, length, width, shut, soft: float) -> np.ndarray:
+    """Two valve leaflets hinged on the annulus: bowed just atrial of it when shut, along the walls when open."""
+    out = 0.0
+    for side, reach in ((-1, 0.42), (1, 0.30)):
+        tip_s = np.where(shut, length + 2.5, length - reach * width)
+        tip_v = np.where(shut, 0.1 * width, side * 0.38 * width)
+        out = np.maximum(out, _segment(s, v, (length, side * width / 2), (tip_s, tip_v), 0.55, soft))
+    return out
+
+
+def _draw_valves(linear: np.ndarray, s, v, pose: _Pose, heart: Heart, take: Take, state: np.ndarray,
+                 shut: np.ndarray) -> None:
+    """Mitral and tricuspid leaflets at full resolution, in place, only in windows around each annulus."""
+    soft, state, shut = 1 / pose.scale, state[:, None, None], shut[:, None, None]
+    length, width = _lv_size(heart, take, state)
+    rv = _right_ventricle(heart, take, length, width, state)
+    (length_ed, width_ed), (length_es, _) = _lv_size(heart, take, 0.0), _lv_size(heart, take, 1.0)
+    rv_width = heart.rv_width * heart.lv_width
+    septum = width_ed / 2 + 1.3 * heart.septum
+    mitral = _window(pose, (length_es - 0.45 * width_ed - 4, length_ed + 6), (-width_ed / 2 - 4, width_ed / 2 + 4))
+    tricuspid = _window(pose, (length_es - 0.5 * rv_width - 8, length_ed + 6), (-septum - rv_width - 6, 0))
+    rows, cols = mitral
+    block = linear[:, rows, cols]
+    np.maximum(block, _VALVE * _leaflets(s[rows, cols], v[rows, cols], length, width, shut, soft), out=block)
+    rows, cols = tricuspid
+    block = linear[:, rows, cols]
+    s_rv, v_rv = rv.coords(s[rows, cols], v[rows, cols])
+    np.maximum(block, _VALVE * _leaflets(s_rv, v_rv, rv.length, rv.width, shut, soft), out=block)
+
+
+def _window(pose: _Pose, s_range: tuple, v_range: tuple) -> tuple[slice, slice]:
+    """Image rows and columns covering a box of the LV frame (small parts need not touch the whole frame)."""
+    s, v = np.meshgrid(np.asarray(s_range, float), np.asarray(v_range, float))
+    x, y = pose.to_image(s, v)
+    size = round(REF_SIZE * pose.scale)
+    return (slice(max(0, math.floor(y.min())), max(0, min(size, math.ceil(y.max()) + 1))),
+            slice(max(0, math.floor(x.min())), max(0, min(size, math.ceil(x.max()) + 1))))
+
+
+def _lead(s, v, heart: Heart, take: Take, soft: float) -> np.ndarray:
+    """A pacemaker lead: from deep in the right atrium, through the tricuspid valve, to the RV apex."""
+    length, width = _lv_size(heart, take, 0.0)
+    rv = _right_ventricle(heart, take, length, width, 0.0)
+    start = np.array([rv.base[0] + 0.8 * heart.ra_size[1] * heart.lv_length, rv.base[1] - 0.15 * rv.width])
+    bend, apex = np.array(rv.base), np.array(rv.apex)
+    end = apex + 0.12 * (bend - apex)
+    u = np.linspace(0, 1, 16)[:, None]
+    points = (1 - u) ** 2 * start + 2 * (1 - u) * u * bend + u ** 2 * end
+    out = np.zeros(s.shape, np.float32)
+    for a, b in zip(points[:-1], points[1:]):
+        out = np.maximum(out, _segment(s, v, tuple(a), tuple(b), 0.8, soft))
+    return _LEAD * out
+
+
+def _upsample(images: np.ndarray, size: int, sub: int) -> np.ndarray:
+    """Bilinear from the coarse grid of `_grid` back to full resolution [S, size, size]."""
+    n = images.shape[-1]
+    src = np.clip((np.arange(size, dtype=np.float32) - (sub - 1) / 2) / sub, 0, n - 1)
+    lo = np.minimum(src.astype(int), n - 2)
+    w = (src - lo).astype(np.float32)
+    rows = images[:, lo] * (1 - w)[:, None] + images[:, lo + 1] * w[:, None]
+    return rows[:, :, lo] * (1 - w) + rows[:, :, lo + 1] * w
+
+
+def _texture_db(s: np.ndarray, v: np.ndarray, heart: Heart) -> np.ndarray:
+    """Slowly varying tissue brightness fixed to the patient's anatomy (moves with the probe)."""
+    field = gaussian_filter(np.random.default_rng(heart.texture_seed).standard_normal((96, 96)), 4)
+    field *= 3.0 / (field.std() + 1e-9)
+    coords = np.stack([(s + 60) / 2.5, (v + 120) / 2.5])  # covers s in [-60, 180), v in [-120, 120)
+    return map_coordinates(field, coords, order=1, mode="nearest").astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _polar_taps(size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Bilinear taps from each pixel into a polar (depth x beam) grid: indices, weights, grid shape."""
+    fan = _fan(size)
+    n_r, n_a = size, max(8, size // 2)
+    half = math.radians(FAN_HALF_ANGLE_DEG)
+    r = np.clip(fan.radius / fan.depth * (n_r - 1), 0, n_r - 1).ravel()
+    a = np.clip((fan.angle + half) / (2 * half) * (n_a - 1), 0, n_a - 1).ravel()
+    r0, a0 = np.minimum(r.astype(int), n_r - 2), np.minimum(a.astype(int), n_a - 2)
+    fr, fa = (r - r0).astype(np.float32), (a - a0).astype(np.float32)
+    index = np.stack([r0 * n_a + a0, r0 * n_a + a0 + 1, (r0 + 1) * n_a + a0, (r0 + 1) * n_a + a0 + 1])
+    weight = np.stack([(1 - fr) * (1 - fa), (1 - fr) * fa, fr * (1 - fa), fr * fa])
+    return index, weight, (n_r, n_a)
+
+
+def _speckle_fields(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Three independent complex Gaussian speckle fields [6, H*W] (real parts, then imaginary).
+
+    Why this way: |complex Gaussian|^2 is the physics of fully developed speckle, and drawing it on
+    the polar (beam) grid makes it coarser laterally with depth, like a scan-converted sector.
+    """
+    index, weight, shape = _polar_taps(size)
+    polar = gaussian_filter(rng.standard_normal((6, *shape)).astype(np.float32), sigma=(0, 0.7, 0.9)).reshape(6, -1)
+    sampled = sum(weight[k] * polar[:, index[k]] for k in range(4))
+    return sampled / np.sqrt(2 * (sampled ** 2).mean(axis=1, keepdims=True))
+
+
+def _speckle_mix(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Unit weights [T, 3] turning slowly through the three fields: speckle decorrelates over ~10
+    frames and no frame repeats an earlier one."""
+    t = np.arange(frames)
+    alpha, beta = rng.uniform(0, 2 * np.pi) + 0.12 * t, rng.uniform(0, 2 * np.pi) + 0.09 * t
+    return np.stack([np.cos(alpha), np.sin(alpha) * np.cos(beta), np.sin(alpha) * np.sin(beta)], 1).astype(np.float32)
+
+
+def _speckle_db(fields: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """Speckle power in dB (mean power 1) for the frames whose weights are `mix`, [t, H*W]."""
+    power = _combine(mix, fields[:3])
+    power *= power
+    imag = _combine(mix, fields[3:])
+    imag *= imag
+    power += imag
+    power += 1e-4
+    np.log(power, out=power)
+    power *= 10 / math.log(10)
+    return power
+
+
+def _combine(weights: np.ndarray, fields: np.ndarray) -> np.ndarray:
+    out = weights[:, :1] * fields[0]
+    for k in range(1, len(fields)):
+        out += weights[:, k:k + 1] * fields[k]
+    return out
+
+
+def _overlay(rng: np.random.Generator, fan: _Fan, heart: Heart, size: int) -> np.ndarray:
+    """Burned-in text, an ECG strip and depth ticks outside the sector, as scanners print them."""
+    image = np.zeros((size, size), np.float32)
+    for x0, y0 in ((2, 2), (2, 9), (size - 26, 2)):
+        glyphs = rng.random((6, 5, 3)) < 0.55
+        for i, glyph in enumerate(glyphs):
+            image[y0:y0 + 5, x0 + 4 * i:x0 + 4 * i + 3] = np.where(glyph, 230, 0)[: size - y0, : size - x0 - 4 * i]
+    image = np.maximum(image, _ecg(rng, heart, size))
+    spacing_px = PIXEL_SPACING_CM / (size / REF_SIZE)
+    ticks = np.arange(1, fan.depth * spacing_px) / spacing_px
+    angle = math.radians(FAN_HALF_ANGLE_DEG + 4)
+    tx = np.rint((size - 1) / 2 + ticks * math.sin(angle)).astype(int)
+    ty = np.rint(FAN_APEX_Y * size + ticks * math.cos(angle)).astype(int)
+    keep = (tx >= 0) & (tx < size) & (ty >= 0) & (ty < size)
+    image[ty[keep], tx[keep]] = 255
+    return (image * fan.outside).astype(np.uint8)
+
+
+def _ecg(rng: np.random.Generator, heart: Heart, size: int) -> np.ndarray:
+    """A static ECG strip along the bottom: 2.5 s of P-QRS-T at the patient's rate."""
+    x = np.arange(size)
+    phase = (x / size * 2.5 * heart.heart_rate / 60 + rng.random()) % 1
+
+    def bump(centre: float, width: float) -> np.ndarray:
+        return np.exp(-(((phase - centre + 0.5) % 1 - 0.5) / width) ** 2)
+
+    wave = bump(0.0, 0.012) - 0.2 * bump(0.035, 0.012) + 0.25 * bump(0.3, 0.05) + 0.12 * bump(0.9, 0.03)
+    y = size - 5 - 0.06 * size * wave
+    lo = np.floor(np.minimum(y, np.roll(y, 1)))
+    hi = np.ceil(np.maximum(y, np.roll(y, 1)))
+    lo[0], hi[0] = np.floor(y[0]), np.ceil(y[0])
+    rows = np.arange(size)[:, None]
+    return np.where((rows >= lo) & (rows <= hi), 180, 0).astype(np.float32)
+
+
+def _display(display: np.ndarray, inverse: np.ndarray, fields: np.ndarray, mix: np.ndarray,
+             mask: np.ndarray) -> np.ndarray:
+    """Add speckle to each frame's state image, log-compress to 0-255 and blank outside the fan.
+
+    Works in chunks of frames, in place: small temporaries stay in cache and memory stays bounded
+    for long videos.
+    """
+    out = np.empty((len(inverse), display.shape[1]), np.uint8)
+    for start in range(0, len(inverse), _CHUNK):
+        part = _speckle_db(fields, mix[start:start + _CHUNK])
+        part *= 255 / _RANGE_DB
+        part += display[inverse[start:start + _CHUNK]]
+        np.clip(part, 0, 255, out=part)
+        part *= mask
+        out[start:start + len(part)] = part
+    return out
+
+
+def _render(heart: Heart, take: Take, frames: int, fps: float, size: int) -> _Rendered:
+    """Draw one video and measure its labels from the very shapes that were drawn."""
+    fan, pose = _fan(size), _pose(heart, take, size)
+    rng = np.random.default_rng(take.seed)
+    state, shut, beat = _cycle(heart, take, frames, fps)
+    level = np.rint(state * (_LEVELS - 1)).astype(int)
+    levels = np.unique(level)
+    keys, key_of_frame = np.unique(level * 2 + shut, return_inverse=True)
+    s_half, v_half = pose.lv_coords(*_grid(size, _SUB))
+    chambers = _chambers(s_half, v_half, heart, take, (levels / (_LEVELS - 1)).astype(np.float32), soft=1.5 / pose.scale)
+    linear = _upsample(chambers, size, _SUB)[np.searchsorted(levels, keys // 2)]
+    s, v = pose.lv_coords(*_grid(size, 1))
+    _draw_valves(linear, s, v, pose, heart, take, (keys // 2 / (_LEVELS - 1)).astype(np.float32), keys % 2 == 1)
+    linear += _CLUTTER * np.exp(-fan.radius / (0.06 * size))
+    if heart.device:
+        np.maximum(linear, _lead(s, v, heart, take, soft=1 / pose.scale), out=linear)
+    display = np.log(linear, out=linear)
+    display *= 20 / math.log(10)
+    display += _texture_db(s, v, heart) + take.gain_db - _DEPTH_LOSS_DB * fan.radius / fan.depth + _RANGE_DB - _TOP_DB
+    display *= 255 / _RANGE_DB
+    grey = _display(display.reshape(len(keys), -1), key_of_frame.ravel(), _speckle_fields(rng, size),
+                    _speckle_mix(rng, frames), fan.mask.ravel()).reshape(frames, size, size)
+    if take.overlay:
+        grey = np.maximum(grey, _overlay(rng, fan, heart, size))
+    ed, es = _traced_frames(state, heart, take, beat)
+    traces = {f: _trace(pose, *_lv_size(heart, take, float(state[f])), heart.bluntness) for f in (es, ed)}
+    edv, esv = (_volume(*_lv_size(heart, take, float(state[f])), heart.bluntness) for f in (ed, es))
+    return _Rendered(grey, traces, esv, edv)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _write_video(path: Path, grey: np.ndarray, fps: float, codec: str) -> None:
+    """Grey frames -> a real file through FFmpeg (PyAV); decoders return them as RGB with R = G = B."""
+    import av
+
+    _, height, width = grey.shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = width, height
+        if codec == "mjpeg":
+            stream.pix_fmt = "yuvj420p"
+            stream.codec_context.qscale = 2  # near-lossless: dark cavities and thin leaflets survive
+        else:
+            stream.pix_fmt = "yuv420p"
+        if codec == "mpeg4":
+            stream.codec_context.codec_tag = "XVID"
+            stream.bit_rate = 4_000_000
+        if codec == "libx264":
+            stream.options = {"crf": "12", "preset": "fast"}
+        for image in grey:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="gray")))
+        container.mux(stream.encode())
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[list]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _num(value: float) -> str:
+    return f"{float(value):.4f}"
+
+
+def _report(heart: Heart, ef: float, edv: float) -> str:
+    """An upper-case echo report stating what the study's videos show."""
+    size = "NORMAL IN SIZE" if edv < 150 else "MILDLY DILATED" if edv < 200 else "SEVERELY DILATED"
+    function = ("NORMAL" if ef >= 55 else "MILDLY REDUCED" if ef >= 45 else "MODERATELY REDUCED" if ef >= 30
+                else "SEVERELY REDUCED")
+    la_area = math.pi / 4 * np.prod(heart.la_size) * heart.lv_width * heart.lv_length * 1.12 ** 2 * PIXEL_SPACING_CM ** 2
+    parts = [
+        f"THE LEFT VENTRICLE IS {size}. ",
+        "THERE IS MILD CONCENTRIC LEFT VENTRICULAR HYPERTROPHY. " if heart.wall * PIXEL_SPACING_CM >= 1.0 else "",
+        f"LEFT VENTRICULAR SYSTOLIC FUNCTION IS {function}. ",
+        "THERE IS GLOBAL HYPOKINESIS OF THE LEFT VENTRICLE. " if ef < 40 else "",
+        f"THE LEFT VENTRICULAR EJECTION FRACTION IS ESTIMATED TO BE {round(ef)}%. ",
+        f"THE LEFT ATRIUM IS {'DILATED' if la_area >= 20 else 'NORMAL IN SIZE'}. ",
+        "THE RIGHT VENTRICLE IS NORMAL IN SIZE. ",
+        "A PACEMAKER LEAD IS SEEN IN THE RIGHT HEART. " if heart.device else "",
+        "THERE IS NO PERICARDIAL EFFUSION.",
+    ]
+    return "".join(parts)
