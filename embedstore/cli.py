@@ -169,3 +169,106 @@ def encode(
         typer.echo("  WARNING: random-init weights: these vectors carry no learned meaning", err=True)
     for f in summary.failed:
         typer.echo(f"  failed: {f['error']}")
+
+
+TargetOpt = Annotated[str, typer.Option("--target", help="videos, or reports (video->report retrieval)")]
+
+
+@command("index")
+def index_cmd(
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    target: TargetOpt = "videos",
+    factory: Annotated[Optional[str], typer.Option(help="FAISS factory string, e.g. HNSW32 (default: by size, see indexes/README.md)")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build the FAISS index of an encoder's vectors and measure its recall@10 against exact search."""
+    from embedstore.index import build_index
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        side = build_index(st, encoder, target, factory=factory, progress=not quiet)
+    if as_json:
+        emit(side, True)
+        return
+    params = ", ".join(f"{k} {v}" for k, v in side["search_params"].items()) or "exact"
+    typer.echo(f"index {encoder}.{target}: {side['factory']} ({side['choice']}), n {side['n']}, "
+               f"recall@10 {side['recall_at_10']:.3f} ({params}), {side['build_seconds']:.1f} s")
+
+
+@command("search")
+def search_cmd(
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    video: Annotated[Optional[Path], typer.Option("--video", help="query video file (AVI, MP4, DICOM)")] = None,
+    id_: Annotated[Optional[str], typer.Option("--id", help="query by a stored video id")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="query text (text encoders)")] = None,
+    report: Annotated[Optional[str], typer.Option("--report", help="report text or stored report id (text encoders)")] = None,
+    vector: Annotated[Optional[Path], typer.Option("--vector", help=".npy file holding one query vector")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="number of neighbours")] = 10,
+    target: TargetOpt = "videos",
+    where: Annotated[Optional[str], typer.Option(help="DuckDB filter over the catalog, e.g. \"split = 'TEST' AND ef < 40\"")] = None,
+    exclude_self: Annotated[bool, typer.Option("--exclude-self/--include-self", help="leave the --id video out")] = True,
+    same_patient: Annotated[bool, typer.Option("--same-patient", help="one row per patient: best video and count")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Nearest neighbours of one query, with their catalog rows and the neighbours' EF estimate."""
+    from embedstore.index.search import Searcher, read_vector_file
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        result = Searcher(st, encoder, target).search(
+            video=video, id=id_, text=text, report=report, vector=read_vector_file(vector) if vector else None,
+            k=k, where=where, exclude_self=exclude_self, same_patient=same_patient)
+    if result.provenance["random_init"]:
+        typer.echo(f"WARNING: {encoder} vectors are random-init: neighbours reflect pixels, not learned meaning", err=True)
+    if as_json:
+        emit(result.to_dict(), True)
+        return
+    _print_hits(result, target)
+
+
+def _print_hits(result, target: str) -> None:
+    if target == "reports":
+        typer.echo(f"{'rank':>4}  {'id':<22} {'score':>7}  {'patient':<12} {'study':<16} text")
+        for h in result.hits:
+            m = h.metadata
+            typer.echo(f"{h.rank:>4}  {h.id:<22} {h.score:>7.4f}  {m['patient_id'] or '-':<12} {m['study_id'] or '-':<16} "
+                       f"{(m['text'] or '')[:60]}")
+    else:
+        typer.echo(f"{'rank':>4}  {'id':<22} {'score':>7}  {'patient':<12} {'EF':>5}  {'split':<5}  path")
+        for h in result.hits:
+            m = h.metadata
+            ef = f"{m['ef']:.1f}" if m.get("ef") is not None else "-"
+            count = f"  [{h.count} near]" if h.count is not None else ""
+            typer.echo(f"{h.rank:>4}  {h.id:<22} {h.score:>7.4f}  {m['patient_id'] or '-':<12} {ef:>5}  "
+                       f"{m['split'] or '-':<5}  {m['source_path'] or '-'}{count}")
+    if result.filtered_out:
+        typer.echo(f"filter removed {result.filtered_out} of {result.provenance['index']['n']} {target}")
+    est = result.ef_estimate
+    typer.echo(f"neighbour EF estimate: {est['mean']:.1f} ± {est['std']:.1f} (n={est['n']})" if est
+               else "neighbour EF estimate: - (no EF labels among the neighbours)")
+
+
+@command()
+def similar(
+    a: Annotated[str, typer.Argument(help="stored video id or video file")],
+    b: Annotated[str, typer.Argument(help="stored video id or video file")],
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    as_json: JsonOpt = False,
+) -> None:
+    """Cosine of two videos and the same-patient probability calibrated on the store's labelled pairs."""
+    from embedstore.index.similar import similar as run_similar
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        out = run_similar(st, encoder, a, b)
+    if as_json:
+        emit(out, True)
+        return
+    cal, p = out["calibration"], out["same_patient_probability"]
+    typer.echo(f"cosine {out['cosine']:.4f}")
+    typer.echo(f"same-patient probability {p:.3f} (logistic calibration on {cal['n_pairs']} labelled pairs, AUC {cal['auc']:.3f})"
+               if p is not None else f"same-patient probability: - ({cal['method']})")

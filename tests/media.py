@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
+
+from embedstore.video.write import write_video  # noqa: F401  (re-exported for tests)
 
 
 def moving_frames(n: int = 24, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -15,23 +16,6 @@ def moving_frames(n: int = 24, size: int = 64, seed: int = 0) -> np.ndarray:
         x = (t * 2) % (size - 12)
         frames[t, 10:22, x : x + 12] = 230
     return frames
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int = 50, codec: str = "mjpeg") -> Path:
-    """Write frames with PyAV: mjpeg/mpeg4 in .avi, libx264 in .mp4."""
-    path = Path(path)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        if codec == "mpeg4":
-            stream.codec_tag = "XVID"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def truncate(path: Path, keep: float = 0.5) -> Path:

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import csv
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from embedstore.errors import BadInput
+from embedstore.video.write import write_video
 
 REF_SIZE = 112
 PIXEL_SPACING_CM = 0.15  # per reference pixel: end-diastolic volumes fall in 60-250 mL
@@ -43,7 +43,8 @@ REPORT_COLUMNS = ("report_id", "study_id", "patient_id", "text")
 # Linear echo intensities (tissue = 1); displayed on a log scale like a scanner.
 _MYOCARDIUM, _PERICARDIUM, _VALVE, _BACKGROUND, _BLOOD, _LEAD, _CLUTTER = 1.0, 2.0, 1.0, 0.05, 0.004, 8.0, 0.12
 _TOP_DB, _RANGE_DB, _DEPTH_LOSS_DB = 13.0, 50.0, 8.0
-_RV_BLUNTNESS = -0.8  # the RV tapers to its apex (a crescent beside the LV), unlike the bullet-shaped LV
+_RV_BLUNTNESS = -0.8  # the RV tapers to its apex, unlike the bullet-shaped LV
+_ATRIUM_CENTRE = 0.3  # widest at this fraction of the atrium's depth below the annulus
 _LEVELS = 33  # contraction states: frames in the same state share one rendering of the chambers
 _CHUNK = 16  # frames per step of the final, per-frame stage
 _SUB = 2  # the chambers are smooth, so they are rendered at half resolution and upsampled
@@ -51,7 +52,7 @@ _LOW_EF_SHARE, _DEVICE_SHARE, _NEW_DEVICE_SHARE, _OVERLAY_SHARE = 0.35, 0.2, 0.2
 
 
 @dataclass(frozen=True)
-class Heart:
+class _Heart:
     """One patient's anatomy at one study, in reference pixels; every video of the study shares it."""
 
     ef: float  # intended ejection fraction, percent; the label is measured from the drawing
@@ -65,9 +66,8 @@ class Heart:
     septum: float
     rv_length: float  # fraction of the LV length
     rv_width: float  # fraction of the LV width
-    rv_tilt: float  # RV axis relative to the LV axis, radians, negative = base to the left
-    la_size: tuple[float, float]  # (width, height) as fractions of LV width and length
-    ra_size: tuple[float, float]  # (width, height) as fractions of RV width and LV length
+    la_size: tuple[float, float]  # (width, depth) as fractions of LV width and length
+    ra_size: tuple[float, float]  # (width, depth) as fractions of RV width and LV length
     device: bool  # pacemaker lead through the right atrium into the right ventricle
     texture_seed: int
 
@@ -88,13 +88,13 @@ class Heart:
 
 
 @dataclass(frozen=True)
-class Take:
+class _Take:
     """One acquisition: probe pose, gain, timing and noise differ between a patient's videos."""
 
     rotation: float  # probe rotation about the fan apex, radians
     shift: tuple[float, float]  # reference pixels
     gain_db: float
-    phase: float  # cardiac phase at frame 0 (0 = end-diastole)
+    phase: float  # where the first end-diastole falls, as a fraction of where it may fall
     foreshortening: float  # factor on the LV length seen in this view
     squeeze: float  # factor on the narrowing: beat-to-beat and view-to-view variability
     overlay: bool  # burned-in text, ECG and depth ticks outside the sector
@@ -106,8 +106,8 @@ class _Study:
     patient_id: str
     study_id: str
     split: str
-    heart: Heart
-    takes: tuple[tuple[str, Take], ...]  # (FileName, take)
+    heart: _Heart
+    takes: tuple[tuple[str, _Take], ...]  # (FileName, take)
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,9 @@ class _Fan:
 
 
 @dataclass(frozen=True)
-class _Rendered:
-    frames: np.ndarray  # uint8 [T, H, W] grey
+class _Labels:
+    """What FileList.csv and VolumeTracings.csv say about one video, measured from its drawing."""
+
     traces: dict[int, np.ndarray]  # frame -> [1 + N_DISKS, 4] (X1, Y1, X2, Y2); ES first, then ED
     esv: float
     edv: float
@@ -154,38 +155,34 @@ class _Rendered:
         return 100 * (self.edv - self.esv) / self.edv
 
 
-def make_phantom(out: Path, patients: int = 20, videos_per_patient: int = 3, studies_per_patient: int = 1,
+def make_phantom(out: Path | str, patients: int = 20, videos_per_patient: int = 3, studies_per_patient: int = 1,
                  seed: int = 0, frames: int = 128, fps: float = 50.0, size: int = 112,
                  codec: str = "mjpeg") -> dict:
-    """Write a phantom cohort under `out` and return a summary (counts, paths, pixel spacing)."""
+    """Write a phantom cohort under `out` and return a summary (counts, paths, pixel spacing).
+
+    About 35% of patients have EF < 50%; splits are by patient. A patient's videos are spread evenly
+    over their studies; later studies drift a few EF points and sometimes gain a pacemaker lead. codec "mjpeg" or "mpeg4"
+    (tag XVID) write .avi, "libx264" writes .mp4. The summary's `with_overlay` lists the videos with
+    burned-in text outside the sector, `with_device` those showing a pacemaker lead.
+    """
     _check(patients, videos_per_patient, studies_per_patient, seed, frames, fps, size, codec)
     out = Path(out)
     videos_dir = out / "Videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
-    suffix = CODEC_SUFFIX[codec]
     cohort = _plan(patients, videos_per_patient, studies_per_patient, seed)
-    file_rows, tracing_rows, report_rows = [], [], []
-    overlays, devices = [], []
-    for study in cohort:
-        efs, edvs = [], []
-        for name, take in study.takes:
-            video = _render(study.heart, take, frames, fps, size)
-            _write_video(videos_dir / f"{name}{suffix}", video.frames, fps, codec)
-            file_rows.append([name, _num(video.ef), _num(video.esv), _num(video.edv), size, size, f"{fps:g}", frames,
-                              study.split, study.patient_id, study.study_id])
-            tracing_rows += [[f"{name}{suffix}", *map(_num, row), frame]
-                             for frame, trace in video.traces.items() for row in trace]
-            efs.append(video.ef)
-            edvs.append(video.edv)
-            overlays += [name] if take.overlay else []
-            devices += [name] if study.heart.device else []
-        report_rows.append([f"{study.study_id}-R", study.study_id, study.patient_id,
-                            _report(study.heart, float(np.mean(efs)), float(np.mean(edvs)))])
+    labels = _write_videos(cohort, videos_dir, frames, fps, size, codec)
     paths = {"file_list": out / "FileList.csv", "volume_tracings": out / "VolumeTracings.csv",
              "reports": out / "reports.csv"}
+    file_rows = [[name, _num(labels[name].ef), _num(labels[name].esv), _num(labels[name].edv), size, size,
+                  f"{fps:g}", frames, study.split, study.patient_id, study.study_id]
+                 for study in cohort for name, _ in study.takes]
     _write_csv(paths["file_list"], FILE_LIST_COLUMNS, file_rows)
-    _write_csv(paths["volume_tracings"], TRACING_COLUMNS, tracing_rows)
-    _write_csv(paths["reports"], REPORT_COLUMNS, report_rows)
+    _write_csv(paths["volume_tracings"], TRACING_COLUMNS,
+               [[f"{name}{CODEC_SUFFIX[codec]}", *map(_num, row), frame] for study in cohort for name, _ in study.takes
+                for frame, trace in labels[name].traces.items() for row in trace])
+    _write_csv(paths["reports"], REPORT_COLUMNS, [[f"{study.study_id}-R", study.study_id, study.patient_id,
+                                                   _report(study.heart, [labels[name] for name, _ in study.takes])]
+                                                  for study in cohort])
     splits = [row[8] for row in file_rows]
     return {
         "root": out, "videos_dir": videos_dir, **paths,
@@ -193,8 +190,25 @@ def make_phantom(out: Path, patients: int = 20, videos_per_patient: int = 3, stu
         "frames": frames, "fps": fps, "size": size, "codec": codec,
         "pixel_spacing_cm": PIXEL_SPACING_CM * REF_SIZE / size,
         "splits": {s: splits.count(s) for s in ("TRAIN", "VAL", "TEST")},
-        "with_overlay": overlays, "with_device": devices,
+        "with_overlay": [name for study in cohort for name, take in study.takes if take.overlay],
+        "with_device": [name for study in cohort for name, _ in study.takes if study.heart.device],
     }
+
+
+def _write_videos(cohort: list[_Study], videos_dir: Path, frames: int, fps: float, size: int,
+                  codec: str) -> dict[str, _Labels]:
+    """Draw and encode every video; FFmpeg encodes one video while the next is drawn."""
+    labels: dict[str, _Labels] = {}
+    pending: Future | None = None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for study in cohort:
+            for name, take in study.takes:
+                grey, labels[name] = _render(study.heart, take, frames, fps, size)
+                if pending is not None:
+                    pending.result()  # at most one drawn video waits in memory
+                pending = writer.submit(write_video, videos_dir / f"{name}{CODEC_SUFFIX[codec]}", grey, fps, codec)
+        pending.result()
+    return labels
 
 
 def fan_mask(size: int = REF_SIZE) -> np.ndarray:
@@ -216,12 +230,14 @@ def _check(patients: int, videos: int, studies: int, seed: int, frames: int, fps
            codec: str) -> None:
     if min(patients, videos, studies) < 1:
         raise BadInput("patients, videos_per_patient and studies_per_patient must each be at least 1")
+    if videos < studies:
+        raise BadInput(f"{videos} videos per patient cannot fill {studies} studies; every study needs a video")
     if seed < 0:
         raise BadInput(f"seed must be a non-negative integer, got {seed}")
     if frames < 2 or not fps > 0:
         raise BadInput(f"need at least 2 frames and a positive frame rate, got {frames} frames at {fps} fps")
-    if not 32 <= size <= 1024:
-        raise BadInput(f"size must be 32-1024 pixels, got {size}")
+    if not 32 <= size <= 1024 or size % 2:
+        raise BadInput(f"size must be an even number of pixels from 32 to 1024 (4:2:0 video), got {size}")
     if codec not in CODEC_SUFFIX:
         raise BadInput(f"codec {codec!r} is not supported; use one of {', '.join(CODEC_SUFFIX)}")
 
@@ -232,7 +248,8 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
 
 
 def _plan(patients: int, videos: int, studies: int, seed: int) -> list[_Study]:
-    """Patients with their studies and takes; EF classes and splits are stratified by patient."""
+    """Patients with their studies and takes (a patient's videos spread evenly over the studies);
+    EF classes and splits are stratified by patient."""
     order = _rng(seed, 0).permutation(patients)
     n_low = max(1, round(_LOW_EF_SHARE * patients)) if patients >= 2 else int(_rng(seed, 1).random() < _LOW_EF_SHARE)
     low_ef = set(order[:n_low].tolist())
@@ -243,13 +260,11 @@ def _plan(patients: int, videos: int, studies: int, seed: int) -> list[_Study]:
         heart = _draw_heart(_rng(seed, 3, p), p in low_ef)
         patient_id = f"PAT{p + 1:05d}"
         for k in range(studies):
-            rng = _rng(seed, 4, p, k)
             if k:
-                heart = _follow_up(heart, rng)
-            pose_rng = _rng(seed, 5, p, k)
-            study_pose = (pose_rng.normal(0, math.radians(2.0)), tuple(pose_rng.normal(0, 1.5, 2)), pose_rng.normal(0, 1.5))
-            takes = tuple((_file_name(_rng(seed, 6, p, k, i), names), _draw_take(_rng(seed, 7, p, k, i), *study_pose))
-                          for i in range(videos))
+                heart = _follow_up(heart, _rng(seed, 4, p, k))
+            setup = _study_setup(_rng(seed, 5, p, k))
+            takes = tuple((_file_name(_rng(seed, 6, p, k, i), names), _draw_take(_rng(seed, 7, p, k, i), *setup))
+                          for i in range(videos // studies + (k < videos % studies)))
             cohort.append(_Study(patient_id, f"{patient_id}-S{k + 1}", splits[p], heart, takes))
     return cohort
 
@@ -272,23 +287,24 @@ def _file_name(rng: np.random.Generator, taken: set[str]) -> str:
             return name
 
 
-def _draw_heart(rng: np.random.Generator, low_ef: bool) -> Heart:
+def _draw_heart(rng: np.random.Generator, low_ef: bool) -> _Heart:
     """A patient: failing ventricles tend to be dilated; everything else varies independently."""
     ef = rng.uniform(15, 49) if low_ef else rng.uniform(51, 75)
     dilation = rng.uniform(0.25, 1.0) if low_ef else rng.uniform(0.0, 0.6)
     wall = rng.uniform(3.5, 7.0)
-    return Heart(
+    return _Heart(
         ef=ef, heart_rate=rng.uniform(50, 110),
         lv_length=48 + 18 * dilation + rng.normal(0, 1.5), lv_width=26 + 16 * dilation + rng.normal(0, 1.2),
         bluntness=rng.uniform(0.2, 0.8), tilt=math.radians(rng.uniform(6, 14)),
         apex=(2.5 + rng.normal(0, 2.0), 13 + rng.normal(0, 1.5)), wall=wall, septum=wall * rng.uniform(0.9, 1.2),
-        rv_length=rng.uniform(0.72, 0.85), rv_width=rng.uniform(0.65, 0.85), rv_tilt=math.radians(rng.uniform(-8, -2)),
-        la_size=(rng.uniform(0.8, 1.0), rng.uniform(0.45, 0.65)), ra_size=(rng.uniform(0.75, 0.95), rng.uniform(0.4, 0.6)),
+        rv_length=rng.uniform(0.72, 0.85), rv_width=rng.uniform(0.65, 0.85),
+        la_size=(rng.uniform(0.8, 1.0), rng.uniform(0.45, 0.65)),
+        ra_size=(rng.uniform(0.85, 1.05), rng.uniform(0.4, 0.6)),
         device=bool(rng.random() < _DEVICE_SHARE), texture_seed=int(rng.integers(2 ** 32)),
     )
 
 
-def _follow_up(heart: Heart, rng: np.random.Generator) -> Heart:
+def _follow_up(heart: _Heart, rng: np.random.Generator) -> _Heart:
     """A later study of the same patient: EF drifts a few points, sometimes a device appears."""
     return replace(heart, ef=float(np.clip(heart.ef + rng.normal(0, 3.0), 12, 78)),
                    heart_rate=float(np.clip(heart.heart_rate + rng.normal(0, 5), 50, 110)),
@@ -297,13 +313,18 @@ def _follow_up(heart: Heart, rng: np.random.Generator) -> Heart:
                    device=heart.device or bool(rng.random() < _NEW_DEVICE_SHARE))
 
 
-def _draw_take(rng: np.random.Generator, rotation: float, shift: tuple[float, float], gain_db: float) -> Take:
+def _study_setup(rng: np.random.Generator) -> tuple[float, tuple[float, float], float]:
+    """A study's probe rotation, shift and gain: the day's set-up, around which its videos vary."""
+    return rng.normal(0, math.radians(2.0)), (rng.normal(0, 1.5), rng.normal(0, 1.5)), rng.normal(0, 1.5)
+
+
+def _draw_take(rng: np.random.Generator, rotation: float, shift: tuple[float, float], gain_db: float) -> _Take:
     """One video of a study: small probe movements around the study's pose, new noise and timing."""
-    return Take(rotation=rotation + rng.normal(0, math.radians(1.0)),
-                shift=(shift[0] + rng.normal(0, 0.8), shift[1] + rng.normal(0, 0.8)),
-                gain_db=gain_db + rng.normal(0, 0.8), phase=rng.random(), foreshortening=rng.uniform(0.94, 1.0),
-                squeeze=1 + rng.normal(0, 0.03), overlay=bool(rng.random() < _OVERLAY_SHARE),
-                seed=int(rng.integers(2 ** 32)))
+    return _Take(rotation=rotation + rng.normal(0, math.radians(1.0)),
+                 shift=(shift[0] + rng.normal(0, 0.8), shift[1] + rng.normal(0, 0.8)),
+                 gain_db=gain_db + rng.normal(0, 0.8), phase=rng.random(), foreshortening=rng.uniform(0.94, 1.0),
+                 squeeze=1 + rng.normal(0, 0.03), overlay=bool(rng.random() < _OVERLAY_SHARE),
+                 seed=int(rng.integers(2 ** 32)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,24 +340,25 @@ def _activation(phase: np.ndarray, systole: float) -> np.ndarray:
     return values[i] + (values[i + 1] - values[i]) * (0.5 - 0.5 * np.cos(np.pi * u))
 
 
-def _cycle(heart: Heart, take: Take, frames: int, fps: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per frame: contraction state (quantised), whether the AV valves are shut, and frames per beat."""
+def _cycle(heart: _Heart, take: _Take, frames: int, fps: float) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Per frame: contraction state (quantised) and whether the AV valves are shut; and the traced
+    end-diastolic and end-systolic frames (one beat, as in EchoNet).
+
+    The first end-diastole falls early enough for its systole to fit in the clip; a clip shorter than
+    one systole shows part of it, and its traced frames are its fullest and emptiest.
+    """
     beat = 60 * fps / heart.heart_rate
-    phase = (np.arange(frames) / beat + take.phase) % 1
-    state = np.rint(_activation(phase, heart.systole) * (_LEVELS - 1)) / (_LEVELS - 1)
-    return state.astype(np.float32), phase < heart.systole + 0.03, beat
-
-
-def _traced_frames(state: np.ndarray, heart: Heart, take: Take, beat: float) -> tuple[int, int]:
-    """End-diastole and end-systole of the first whole beat, as EchoNet traces one beat."""
-    start = (1 - take.phase) % 1 * beat
+    start = take.phase * min(beat, max(frames - 1 - heart.systole * beat, 0))
+    phase = ((np.arange(frames) - start) / beat) % 1
+    state = (np.rint(_activation(phase, heart.systole) * (_LEVELS - 1)) / (_LEVELS - 1)).astype(np.float32)
+    shut = (phase < heart.systole + 0.03) | (phase > 0.98)  # AV valves close at end-diastole
     ed, es = round(start), round(start + heart.systole * beat)
-    if es < len(state):
-        return ed, es
-    return int(np.argmin(state)), int(np.argmax(state))
+    if es >= frames:
+        ed, es = int(np.argmin(state)), int(np.argmax(state))
+    return state, shut, (ed, es)
 
 
-def _lv_size(heart: Heart, take: Take, state: np.ndarray | float) -> tuple:
+def _lv_size(heart: _Heart, take: _Take, state: np.ndarray | float) -> tuple:
     """LV long axis and basal width drawn at a contraction state (apex fixed, base moves up)."""
     length = heart.lv_length * take.foreshortening * (1 - heart.long_shortening * state)
     width = heart.lv_width * (1 - heart.width_shortening * take.squeeze * state)
@@ -354,7 +376,7 @@ def _profile(x: np.ndarray, bluntness: float) -> np.ndarray:
 def _chords(length: float, width: float, bluntness: float) -> tuple[np.ndarray, np.ndarray]:
     """Disk centres along the long axis and the drawn cavity's diameter there."""
     s = (np.arange(N_DISKS) + 0.5) / N_DISKS * length
-    return s, width * np.sqrt(1 - _profile(1 - s / length, bluntness))
+    return s, 2 * _half_width(s, length, width, bluntness)
 
 
 def _trace(pose: _Pose, length: float, width: float, bluntness: float) -> np.ndarray:
@@ -394,10 +416,12 @@ def _grid(size: int, sub: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates of a grid `sub` times coarser than the frame."""
     centres = np.arange(math.ceil(size / sub), dtype=np.float32) * sub + (sub - 1) / 2
     y, x = np.meshgrid(centres, centres, indexing="ij")
+    x.setflags(write=False)
+    y.setflags(write=False)
     return x, y
 
 
-def _pose(heart: Heart, take: Take, size: int) -> _Pose:
+def _pose(heart: _Heart, take: _Take, size: int) -> _Pose:
     """The probe's rotation turns the heart about the fan apex; its shift slides it."""
     scale = size / REF_SIZE
     c, s = math.cos(take.rotation), math.sin(take.rotation)
@@ -413,11 +437,16 @@ def _ramp(distance: np.ndarray, soft: float) -> np.ndarray:
     return np.clip(distance / soft + 0.5, 0, 1)
 
 
-def _bullet(s, v, length, half_width, bluntness: float, soft: float, cut=None) -> np.ndarray:
-    """A ventricle: apex at s = 0, widest and flat at the base s = `cut` (default: its length)."""
-    x = np.maximum(1 - s / length, 0)
-    f = _profile(x, bluntness) + (v / half_width) ** 2
-    return np.minimum(_ramp((1 - f) * half_width / 2, soft), _ramp((length if cut is None else cut) - s, soft))
+def _half_width(s, length, width, bluntness: float) -> np.ndarray:
+    """Half-width at s of a chamber with its apex at s = 0 and its base (full width) at s = length;
+    zero beyond the apex and full width past the base."""
+    x = np.clip(1 - s / length, 0, 1)
+    return width / 2 * np.sqrt(1 - _profile(x, bluntness))
+
+
+def _ventricle(s, v, half, base, soft: float) -> np.ndarray:
+    """Soft mask of |v| < half (an axis-symmetric chamber) up to its base at s = `base`."""
+    return np.minimum(_ramp(half - np.abs(v), soft), _ramp(base - s, soft))
 
 
 def _ellipse(s, v, centre_s, centre_v, half_s, half_v, soft: float) -> np.ndarray:
@@ -439,63 +468,61 @@ def _blend(image: np.ndarray, level: float, mask: np.ndarray) -> np.ndarray:
     return image + (level - image) * mask
 
 
-class _RightVentricle(NamedTuple):
-    """The RV at each state, as an axis from its (fixed) apex to its base, in LV-frame coordinates."""
+def _right_ventricle(heart: _Heart, take: _Take, state) -> tuple:
+    """RV apex and base positions along the LV axis, its basal width and the septal thickness.
 
-    apex: tuple[float, float]
-    direction: tuple  # unit (s, v) components, apex to base
-    length: np.ndarray
-    width: np.ndarray
-    base: tuple  # (s, v) of the tricuspid annulus midpoint
-
-    def coords(self, s: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ds, dv = self.direction
-        ps, pv = s - self.apex[0], v - self.apex[1]
-        return ps * ds + pv * dv, pv * ds - ps * dv
+    The RV is a crescent on the septum: its septal side is the LV's septal wall, its apex stays put
+    and its base (the tricuspid annulus) moves with the mitral annulus.
+    """
+    apex = _lv_size(heart, take, 0.0)[0] - 2 - heart.rv_length * heart.lv_length
+    base = _lv_size(heart, take, state)[0] - 2
+    width = heart.rv_width * heart.lv_width * (1 - 0.15 * state)
+    return apex, base, width, heart.septum * (1 + 0.3 * state)
 
 
-def _right_ventricle(heart: Heart, take: Take, length, width, state) -> _RightVentricle:
-    """The RV apex stays put; its base follows the tricuspid annulus and the septum as the LV moves."""
-    length_ed, width_ed = _lv_size(heart, take, 0.0)
-    rv_width_ed = heart.rv_width * heart.lv_width
-    reach = heart.rv_length * heart.lv_length
-    apex_s = length_ed - 2 - reach * math.cos(heart.rv_tilt)
-    apex_v = -(width_ed / 2 + heart.septum + rv_width_ed / 2) - reach * math.sin(heart.rv_tilt)
-    rv_width = rv_width_ed * (1 - 0.15 * state)
-    base_s = length - 2
-    base_v = -(width / 2 + heart.septum * (1 + 0.3 * state) + rv_width / 2)
-    ds, dv = base_s - apex_s, base_v - apex_v
-    rv_length = np.sqrt(ds * ds + dv * dv)
-    return _RightVentricle((apex_s, apex_v), (ds / rv_length, dv / rv_length), rv_length, rv_width, (base_s, base_v))
-
-
-def _chambers(s, v, heart: Heart, take: Take, state: np.ndarray, soft: float) -> np.ndarray:
+def _chambers(s, v, heart: _Heart, take: _Take, state: np.ndarray, soft: float) -> np.ndarray:
     """Linear echo intensity of the four chambers and their walls, one image per state [S, h, w]."""
     state = state[:, None, None]
     length, width = _lv_size(heart, take, state)
     wall = heart.wall * (1 + 0.3 * state)  # myocardium thickens as it contracts
     tip = 0.8 * wall
     blunt = heart.bluntness
-    lv = _bullet(s, v, length, width / 2, blunt, soft)
-    lv_wall = _bullet(s + tip, v, length + tip, width / 2 + wall, blunt, soft, cut=length + tip + 1.5)
-    pericardium = _bullet(s + tip + 1.5, v, length + tip + 1.5, width / 2 + wall + 1.5, blunt, soft,
-                          cut=length + tip + 1.5)
-    rv = _right_ventricle(heart, take, length, width, state)
-    s_rv, v_rv = rv.coords(s, v)
-    rv_cavity = _bullet(s_rv, v_rv, rv.length, rv.width / 2, _RV_BLUNTNESS, soft)
-    rv_wall = _bullet(s_rv + 2, v_rv, rv.length + 2, rv.width / 2 + 2.5, _RV_BLUNTNESS, soft, cut=rv.length + 3.5)
-    grow = 1 + 0.12 * state  # atria fill while the ventricles eject
-    la_w, la_h = heart.la_size[0] * heart.lv_width * grow, heart.la_size[1] * heart.lv_length * grow
-    ra_w, ra_h = heart.ra_size[0] * heart.rv_width * heart.lv_width * grow, heart.ra_size[1] * heart.lv_length * grow
-    la_s, la_v = length + 0.38 * la_h, 0.05 * heart.lv_width
-    ra_s, ra_v = rv.base[0] + 0.38 * ra_h, la_v - la_w / 2 - 2.5 - ra_w / 2
-    la = _ellipse(s, v, la_s, la_v, la_h / 2, la_w / 2, soft)
-    ra = _ellipse(s, v, ra_s, ra_v, ra_h / 2, ra_w / 2, soft)
-    atrial_walls = np.maximum(_ellipse(s, v, la_s, la_v, la_h / 2 + 1.5, la_w / 2 + 1.5, soft),
-                              _ellipse(s, v, ra_s, ra_v, ra_h / 2 + 1.5, ra_w / 2 + 1.5, soft))
+    half = _half_width(s, length, width, blunt)
+    lv = _ventricle(s, v, half, length, soft)
+    lv_wall = _ventricle(s, v, _half_width(s + tip, length + tip, width + 2 * wall, blunt), length + 1.5, soft)
+    pericardium = _ventricle(s, v, _half_width(s + tip + 1.5, length + tip + 1.5, width + 2 * wall + 3, blunt),
+                             length, soft)
+    rv_apex, rv_base, rv_width, septum = _right_ventricle(heart, take, state)
+    septal = -half - septum
+    free = septal - _half_width(s - rv_apex, rv_base - rv_apex, 2 * rv_width, _RV_BLUNTNESS)
+    rv = np.minimum(np.minimum(_ramp(septal - v, soft), _ramp(v - free, soft)), _ramp(rv_base - s, soft))
+    rv_wall = np.minimum(np.minimum(_ramp(-half - v, soft), _ramp(v - free + 2.5, soft)),
+                         np.minimum(_ramp(rv_base + 1.5 - s, soft), _ramp(s - rv_apex + 2.5, soft)))
+    la_width, la_depth = _atrium_size(heart.la_size, heart.lv_width, heart, state)
+    ra_width, ra_depth = _atrium_size(heart.ra_size, heart.rv_width * heart.lv_width, heart, state)
+    atrial_septum = -heart.lv_width / 2 - heart.septum / 2  # in line with the ventricular septum; thin
+    la, la_wall = _atrium(s, v, length, atrial_septum + 1.2 + la_width / 2, la_width, la_depth, soft)
+    ra, ra_wall = _atrium(s, v, rv_base, atrial_septum - 1.2 - ra_width / 2, ra_width, ra_depth, soft)
+    atrial_walls = np.maximum(la_wall, ra_wall)
     image = _blend(np.full(lv.shape, _BACKGROUND, np.float32), _PERICARDIUM, pericardium)
     image = _blend(image, _MYOCARDIUM, np.maximum(np.maximum(lv_wall, rv_wall), atrial_walls))
-    return _blend(image, _BLOOD, np.maximum(np.maximum(lv, rv_cavity), np.maximum(la, ra)))
+    return _blend(image, _BLOOD, np.maximum(np.maximum(lv, rv), np.maximum(la, ra)))
+
+
+def _atrium_size(fractions: tuple[float, float], ventricle_width: float, heart: _Heart, state) -> tuple:
+    """An atrium's width and depth: smallest at end-diastole, filling while the ventricles eject."""
+    grow = 1 + 0.12 * state
+    return fractions[0] * ventricle_width * grow, fractions[1] * heart.lv_length * grow
+
+
+def _atrium(s, v, annulus, centre, width, depth, soft: float) -> tuple[np.ndarray, np.ndarray]:
+    """An atrium below its valve annulus, widest a little beyond it (the AV junction is a waist):
+    cavity and wall masks. It starts just inside the annulus so that blood runs through the open valve."""
+    mid, half_depth = annulus + _ATRIUM_CENTRE * depth, (1 - _ATRIUM_CENTRE) * depth
+    open_side = _ramp(s - annulus + 1, soft)
+    cavity = np.minimum(_ellipse(s, v, mid, centre, half_depth, width / 2, soft), open_side)
+    wall = np.minimum(_ellipse(s, v, mid, centre, half_depth + 1.5, width / 2 + 1.5, soft), open_side)
+    return cavity, wall
 
 
 def _leaflets(s, v, length, width, shut, soft: float) -> np.ndarray:
@@ -508,47 +535,55 @@ def _leaflets(s, v, length, width, shut, soft: float) -> np.ndarray:
     return out
 
 
-def _draw_valves(linear: np.ndarray, s, v, pose: _Pose, heart: Heart, take: Take, state: np.ndarray,
+def _draw_valves(linear: np.ndarray, s, v, pose: _Pose, heart: _Heart, take: _Take, state: np.ndarray,
                  shut: np.ndarray) -> None:
     """Mitral and tricuspid leaflets at full resolution, in place, only in windows around each annulus."""
     soft, state, shut = 1 / pose.scale, state[:, None, None], shut[:, None, None]
     length, width = _lv_size(heart, take, state)
-    rv = _right_ventricle(heart, take, length, width, state)
-    (length_ed, width_ed), (length_es, _) = _lv_size(heart, take, 0.0), _lv_size(heart, take, 1.0)
-    rv_width = heart.rv_width * heart.lv_width
-    septum = width_ed / 2 + 1.3 * heart.septum
-    mitral = _window(pose, (length_es - 0.45 * width_ed - 4, length_ed + 6), (-width_ed / 2 - 4, width_ed / 2 + 4))
-    tricuspid = _window(pose, (length_es - 0.5 * rv_width - 8, length_ed + 6), (-septum - rv_width - 6, 0))
-    rows, cols = mitral
+    _, rv_base, rv_width, septum = _right_ventricle(heart, take, state)
+    (length_ed, width_ed), (length_es, width_es) = _lv_size(heart, take, 0.0), _lv_size(heart, take, 1.0)
+    rv_width_ed = heart.rv_width * heart.lv_width
+    size = linear.shape[-1]
+    rows, cols = _window(pose, (length_es - 0.45 * width_ed - 4, length_ed + 6), (-width_ed / 2 - 4, width_ed / 2 + 4),
+                         size)
     block = linear[:, rows, cols]
     np.maximum(block, _VALVE * _leaflets(s[rows, cols], v[rows, cols], length, width, shut, soft), out=block)
-    rows, cols = tricuspid
+    rows, cols = _window(pose, (length_es - 0.45 * rv_width_ed - 6, length_ed + 6),
+                         (-width_ed / 2 - 1.3 * heart.septum - rv_width_ed - 5, -width_es / 2 - heart.septum + 5), size)
     block = linear[:, rows, cols]
-    s_rv, v_rv = rv.coords(s[rows, cols], v[rows, cols])
-    np.maximum(block, _VALVE * _leaflets(s_rv, v_rv, rv.length, rv.width, shut, soft), out=block)
+    centre = -width / 2 - septum - rv_width / 2
+    np.maximum(block, _VALVE * _leaflets(s[rows, cols], v[rows, cols] - centre, rv_base, rv_width, shut, soft),
+               out=block)
 
 
-def _window(pose: _Pose, s_range: tuple, v_range: tuple) -> tuple[slice, slice]:
+def _window(pose: _Pose, s_range: tuple, v_range: tuple, size: int) -> tuple[slice, slice]:
     """Image rows and columns covering a box of the LV frame (small parts need not touch the whole frame)."""
     s, v = np.meshgrid(np.asarray(s_range, float), np.asarray(v_range, float))
     x, y = pose.to_image(s, v)
-    size = round(REF_SIZE * pose.scale)
     return (slice(max(0, math.floor(y.min())), max(0, min(size, math.ceil(y.max()) + 1))),
             slice(max(0, math.floor(x.min())), max(0, min(size, math.ceil(x.max()) + 1))))
 
 
-def _lead(s, v, heart: Heart, take: Take, soft: float) -> np.ndarray:
-    """A pacemaker lead: from deep in the right atrium, through the tricuspid valve, to the RV apex."""
+def _lead(s, v, heart: _Heart, take: _Take, soft: float) -> np.ndarray:
+    """A pacemaker lead: from deep in the right atrium, through the tricuspid valve, along the septum
+    to the RV apex."""
     length, width = _lv_size(heart, take, 0.0)
-    rv = _right_ventricle(heart, take, length, width, 0.0)
-    start = np.array([rv.base[0] + 0.8 * heart.ra_size[1] * heart.lv_length, rv.base[1] - 0.15 * rv.width])
-    bend, apex = np.array(rv.base), np.array(rv.apex)
-    end = apex + 0.12 * (bend - apex)
+    rv_apex, rv_base, rv_width, septum = _right_ventricle(heart, take, 0.0)
+
+    def in_rv(fraction: float, across: float) -> np.ndarray:
+        """A point `fraction` of the way from RV apex to base, `across` of the way from septum to free wall."""
+        at = rv_apex + fraction * (rv_base - rv_apex)
+        septal = -_half_width(at, length, width, heart.bluntness) - septum
+        span = _half_width(at - rv_apex, rv_base - rv_apex, 2 * rv_width, _RV_BLUNTNESS)
+        return np.array([at, septal - across * span])
+
+    start = np.array([rv_base + 0.7 * heart.ra_size[1] * heart.lv_length, -width / 2 - septum - 0.6 * rv_width])
+    bend, end = in_rv(0.8, 0.35), in_rv(0.15, 0.5)
     u = np.linspace(0, 1, 16)[:, None]
     points = (1 - u) ** 2 * start + 2 * (1 - u) * u * bend + u ** 2 * end
     out = np.zeros(s.shape, np.float32)
     for a, b in zip(points[:-1], points[1:]):
-        out = np.maximum(out, _segment(s, v, tuple(a), tuple(b), 0.8, soft))
+        out = np.maximum(out, _segment(s, v, tuple(a), tuple(b), 0.6, soft))
     return _LEAD * out
 
 
@@ -562,7 +597,7 @@ def _upsample(images: np.ndarray, size: int, sub: int) -> np.ndarray:
     return rows[:, :, lo] * (1 - w) + rows[:, :, lo + 1] * w
 
 
-def _texture_db(s: np.ndarray, v: np.ndarray, heart: Heart) -> np.ndarray:
+def _texture_db(s: np.ndarray, v: np.ndarray, heart: _Heart) -> np.ndarray:
     """Slowly varying tissue brightness fixed to the patient's anatomy (moves with the probe)."""
     field = gaussian_filter(np.random.default_rng(heart.texture_seed).standard_normal((96, 96)), 4)
     field *= 3.0 / (field.std() + 1e-9)
@@ -625,7 +660,7 @@ def _combine(weights: np.ndarray, fields: np.ndarray) -> np.ndarray:
     return out
 
 
-def _overlay(rng: np.random.Generator, fan: _Fan, heart: Heart, size: int) -> np.ndarray:
+def _overlay(rng: np.random.Generator, fan: _Fan, heart: _Heart, size: int) -> np.ndarray:
     """Burned-in text, an ECG strip and depth ticks outside the sector, as scanners print them."""
     image = np.zeros((size, size), np.float32)
     for x0, y0 in ((2, 2), (2, 9), (size - 26, 2)):
@@ -643,7 +678,7 @@ def _overlay(rng: np.random.Generator, fan: _Fan, heart: Heart, size: int) -> np
     return (image * fan.outside).astype(np.uint8)
 
 
-def _ecg(rng: np.random.Generator, heart: Heart, size: int) -> np.ndarray:
+def _ecg(rng: np.random.Generator, heart: _Heart, size: int) -> np.ndarray:
     """A static ECG strip along the bottom: 2.5 s of P-QRS-T at the patient's rate."""
     x = np.arange(size)
     phase = (x / size * 2.5 * heart.heart_rate / 60 + rng.random()) % 1
@@ -678,61 +713,52 @@ def _display(display: np.ndarray, inverse: np.ndarray, fields: np.ndarray, mix: 
     return out
 
 
-def _render(heart: Heart, take: Take, frames: int, fps: float, size: int) -> _Rendered:
-    """Draw one video and measure its labels from the very shapes that were drawn."""
+def _render(heart: _Heart, take: _Take, frames: int, fps: float, size: int) -> tuple[np.ndarray, _Labels]:
+    """Draw one video (uint8 grey [T, H, W]) and measure its labels from the very shapes drawn."""
     fan, pose = _fan(size), _pose(heart, take, size)
     rng = np.random.default_rng(take.seed)
-    state, shut, beat = _cycle(heart, take, frames, fps)
-    level = np.rint(state * (_LEVELS - 1)).astype(int)
-    levels = np.unique(level)
-    keys, key_of_frame = np.unique(level * 2 + shut, return_inverse=True)
-    s_half, v_half = pose.lv_coords(*_grid(size, _SUB))
-    chambers = _chambers(s_half, v_half, heart, take, (levels / (_LEVELS - 1)).astype(np.float32), soft=1.5 / pose.scale)
-    linear = _upsample(chambers, size, _SUB)[np.searchsorted(levels, keys // 2)]
+    state, shut, (ed, es) = _cycle(heart, take, frames, fps)
+    keys, key_of_frame = np.unique(np.rint(state * (_LEVELS - 1)).astype(int) * 2 + shut, return_inverse=True)
     s, v = pose.lv_coords(*_grid(size, 1))
-    _draw_valves(linear, s, v, pose, heart, take, (keys // 2 / (_LEVELS - 1)).astype(np.float32), keys % 2 == 1)
-    linear += _CLUTTER * np.exp(-fan.radius / (0.06 * size))
-    if heart.device:
-        np.maximum(linear, _lead(s, v, heart, take, soft=1 / pose.scale), out=linear)
-    display = np.log(linear, out=linear)
-    display *= 20 / math.log(10)
-    display += _texture_db(s, v, heart) + take.gain_db - _DEPTH_LOSS_DB * fan.radius / fan.depth + _RANGE_DB - _TOP_DB
-    display *= 255 / _RANGE_DB
+    display = _state_display(_state_images(keys, s, v, pose, heart, take), s, v, heart, take, fan)
     grey = _display(display.reshape(len(keys), -1), key_of_frame.ravel(), _speckle_fields(rng, size),
                     _speckle_mix(rng, frames), fan.mask.ravel()).reshape(frames, size, size)
     if take.overlay:
         grey = np.maximum(grey, _overlay(rng, fan, heart, size))
-    ed, es = _traced_frames(state, heart, take, beat)
     traces = {f: _trace(pose, *_lv_size(heart, take, float(state[f])), heart.bluntness) for f in (es, ed)}
     edv, esv = (_volume(*_lv_size(heart, take, float(state[f])), heart.bluntness) for f in (ed, es))
-    return _Rendered(grey, traces, esv, edv)
+    return grey, _Labels(traces, esv, edv)
+
+
+def _state_images(keys: np.ndarray, s, v, pose: _Pose, heart: _Heart, take: _Take) -> np.ndarray:
+    """Linear intensity [K, H, W] for each (contraction level, valves shut) key = 2 * level + shut.
+
+    The chambers are drawn once per level at half resolution; the thin leaflets and lead at full.
+    """
+    size = s.shape[-1]
+    levels = np.unique(keys // 2)
+    s_half, v_half = pose.lv_coords(*_grid(size, _SUB))
+    chambers = _chambers(s_half, v_half, heart, take, (levels / (_LEVELS - 1)).astype(np.float32), 1.5 / pose.scale)
+    linear = _upsample(chambers, size, _SUB)[np.searchsorted(levels, keys // 2)]
+    _draw_valves(linear, s, v, pose, heart, take, (keys // 2 / (_LEVELS - 1)).astype(np.float32), keys % 2 == 1)
+    if heart.device:
+        np.maximum(linear, _lead(s, v, heart, take, soft=1 / pose.scale), out=linear)
+    return linear
+
+
+def _state_display(linear: np.ndarray, s, v, heart: _Heart, take: _Take, fan: _Fan) -> np.ndarray:
+    """Log-compress state images to display units (0-255 before speckle), in place: near-field
+    clutter, tissue texture, gain and depth attenuation as a scanner shows them."""
+    linear += _CLUTTER * np.exp(-fan.radius / (0.06 * fan.mask.shape[0]))
+    display = np.log(linear, out=linear)
+    display *= 20 / math.log(10)
+    display += _texture_db(s, v, heart) + take.gain_db - _DEPTH_LOSS_DB * fan.radius / fan.depth + _RANGE_DB - _TOP_DB
+    display *= 255 / _RANGE_DB
+    return display
 
 
 # ---------------------------------------------------------------------------------------------
 # files
-
-
-def _write_video(path: Path, grey: np.ndarray, fps: float, codec: str) -> None:
-    """Grey frames -> a real file through FFmpeg (PyAV); decoders return them as RGB with R = G = B."""
-    import av
-
-    _, height, width = grey.shape
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = width, height
-        if codec == "mjpeg":
-            stream.pix_fmt = "yuvj420p"
-            stream.codec_context.qscale = 2  # near-lossless: dark cavities and thin leaflets survive
-        else:
-            stream.pix_fmt = "yuv420p"
-        if codec == "mpeg4":
-            stream.codec_context.codec_tag = "XVID"
-            stream.bit_rate = 4_000_000
-        if codec == "libx264":
-            stream.options = {"crf": "12", "preset": "fast"}
-        for image in grey:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="gray")))
-        container.mux(stream.encode())
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[list]) -> None:
@@ -746,12 +772,16 @@ def _num(value: float) -> str:
     return f"{float(value):.4f}"
 
 
-def _report(heart: Heart, ef: float, edv: float) -> str:
+def _report(heart: _Heart, videos: list[_Labels]) -> str:
     """An upper-case echo report stating what the study's videos show."""
+    ef, edv = float(np.mean([v.ef for v in videos])), float(np.mean([v.edv for v in videos]))
     size = "NORMAL IN SIZE" if edv < 150 else "MILDLY DILATED" if edv < 200 else "SEVERELY DILATED"
     function = ("NORMAL" if ef >= 55 else "MILDLY REDUCED" if ef >= 45 else "MODERATELY REDUCED" if ef >= 30
                 else "SEVERELY REDUCED")
-    la_area = math.pi / 4 * np.prod(heart.la_size) * heart.lv_width * heart.lv_length * 1.12 ** 2 * PIXEL_SPACING_CM ** 2
+    la_width, la_depth = _atrium_size(heart.la_size, heart.lv_width, heart, 1.0)
+    t = np.linspace(-_ATRIUM_CENTRE / (1 - _ATRIUM_CENTRE), 1, 201)  # annulus to far end, in half-depths
+    la_area = la_width * (1 - _ATRIUM_CENTRE) * la_depth * np.sqrt(1 - t ** 2).mean() * (t[-1] - t[0])
+    la_area *= PIXEL_SPACING_CM ** 2
     parts = [
         f"THE LEFT VENTRICLE IS {size}. ",
         "THERE IS MILD CONCENTRIC LEFT VENTRICULAR HYPERTROPHY. " if heart.wall * PIXEL_SPACING_CM >= 1.0 else "",

@@ -33,6 +33,7 @@ RECALL_TARGET = 0.95
 RECALL_QUERIES = 1000
 RECALL_K = 10
 EF_SEARCH = (16, 32, 64, 128, 256, 512)
+EF_FILTERED_MAX = 4096
 NPROBE = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCH = 65_536
 SEED = 0
@@ -129,10 +130,15 @@ def tuning_knob(index: faiss.Index) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
-def search_parameters(index: faiss.Index, params: dict, k: int, selector=None) -> faiss.SearchParameters:
-    """Per-query FAISS parameters (no global state): the sidecar's efSearch/nprobe plus an id selector."""
+def search_parameters(params: dict, k: int, selector=None, share: float = 1.0) -> faiss.SearchParameters:
+    """Per-query FAISS parameters (no global state): the sidecar's efSearch/nprobe plus an id selector.
+
+    Under a filter that allows `share` of the rows, HNSW widens its beam by 1/share (up to
+    EF_FILTERED_MAX) so that about as many allowed candidates are compared as without a filter.
+    """
     if "efSearch" in params:
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=max(int(params["efSearch"]), k))
+        ef = max(int(params["efSearch"]), k)
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=int(min(ef / share, max(EF_FILTERED_MAX, ef))))
     if "nprobe" in params:
         return faiss.SearchParametersIVF(sel=selector, nprobe=int(params["nprobe"]))
     return faiss.SearchParameters(sel=selector)
@@ -169,8 +175,7 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
         "build_seconds": round(time.perf_counter() - start, 3), "memory_available_bytes": available,
         "faiss_version": faiss.__version__, "created": _now(), "incremental_adds": 0,
     }
-    save_index(store, index, sidecar)
-    return sidecar
+    return save_index(store, index, sidecar)
 
 
 def _train(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray) -> None:
@@ -207,7 +212,7 @@ def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.n
     values = knob[1] if knob else (None,)
     for value in values:
         params = {knob[0]: value} if knob else {}
-        _, found = index.search(queries, k, params=search_parameters(index, params, k))
+        _, found = index.search(queries, k, params=search_parameters(params, k))
         recall = recall_at(found, truth)
         if recall >= RECALL_TARGET:
             break
@@ -233,17 +238,24 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 # -- persistence and freshness ----------------------------------------------------------------------
-def save_index(store: Store, index: faiss.Index, sidecar: dict) -> None:
-    """Write index then sidecar, each atomically; a crash in between leaves a mismatch that load rebuilds."""
+def save_index(store: Store, index: faiss.Index, sidecar: dict) -> dict:
+    """Write index then sidecar, each atomically (a crash in between leaves a mismatch that load rebuilds); returns the sidecar."""
     index_path, sidecar_path = index_paths(store, sidecar["encoder"], sidecar["target"])
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(f"{index_path.name}.tmp{os.getpid()}")
     faiss.write_index(index, str(tmp))
     os.replace(tmp, index_path)
     sidecar = {**sidecar, "index_bytes": index_path.stat().st_size}
-    tmp = sidecar_path.with_name(f"{sidecar_path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True))
-    os.replace(tmp, sidecar_path)
+    write_json_atomic(sidecar_path, sidecar)
+    return sidecar
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Replace `path` with `data` as JSON in one step (temporary file + os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def read_sidecar(store: Store, encoder: str, target: str = "videos") -> dict:
@@ -272,8 +284,8 @@ def load_index(store: Store, encoder: str, target: str = "videos", progress: boo
         if updated is not None:
             return index, updated
     factory = sidecar["factory"] if sidecar.get("factory_given") else None
-    build_index(store, encoder, target, factory=factory, progress=progress)
-    return faiss.read_index(str(index_path)), read_sidecar(store, encoder, target)
+    sidecar = build_index(store, encoder, target, factory=factory, progress=progress)
+    return faiss.read_index(str(index_path)), sidecar
 
 
 def _append_new_rows(store: Store, index: faiss.Index, sidecar: dict) -> dict | None:
@@ -290,8 +302,7 @@ def _append_new_rows(store: Store, index: faiss.Index, sidecar: dict) -> dict | 
         index.add_with_ids(store.vectors.read_rows(encoder, target, chunk), chunk)
     sidecar = {**sidecar, "n": int(index.ntotal), "fingerprint": fingerprint, "last_row": int(rows.max()),
                "incremental_adds": sidecar.get("incremental_adds", 0) + len(new), "updated": _now()}
-    save_index(store, index, sidecar)
-    return read_sidecar(store, encoder, target)
+    return save_index(store, index, sidecar)
 
 
 def _now() -> str:

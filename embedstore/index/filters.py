@@ -29,15 +29,15 @@ def allowed_rows(store: Store, encoder: str, target: str, where: str) -> np.ndar
     """Sorted vector rows of (encoder, target) whose catalog row satisfies `where`."""
     expr = parse_where(where)
     table, key = TABLES[target]
-    con = store.catalog.con
     column, const = duckdb.ColumnExpression, duckdb.ConstantExpression
-    try:
-        items = con.table(table).filter(expr).select(key)
-        embedded = con.table("embeddings").filter((column("encoder") == const(encoder)) & (column("target") == const(target)))
-        rows = embedded.join(items, column("item_id") == column(key), how="semi").select('"row"').fetchnumpy()["row"]
-    except duckdb.Error as exc:
-        columns = ", ".join(r[0] for r in con.execute(f"DESCRIBE {table}").fetchall())
-        raise BadInput(f"--where {where!r}: {_first_line(exc)} (columns of {table}: {columns})") from None
+    with store.catalog.con.cursor() as con:  # a cursor of its own: the catalog may hold an unfinished result
+        try:
+            items = con.table(table).filter(expr).select(key)
+            embedded = con.table("embeddings").filter((column("encoder") == const(encoder)) & (column("target") == const(target)))
+            rows = embedded.join(items, column("item_id") == column(key), how="semi").select('"row"').fetchnumpy()["row"]
+        except duckdb.Error as exc:
+            columns = ", ".join(r[0] for r in con.execute(f"DESCRIBE {table}").fetchall())
+            raise BadInput(f"--where {where!r}: {_first_line(exc)} (columns of {table}: {columns})") from None
     return np.sort(np.asarray(rows, dtype=np.int64))
 
 

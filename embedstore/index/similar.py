@@ -1,0 +1,113 @@
+"""Same-patient similarity of two videos: their cosine, and a probability calibrated on the store's own pairs.
+
+Why a calibration: a raw cosine means different things for different encoders (random-init R3D
+vectors sit near 1, EchoCLIP-R's near 0.4 for strangers). A logistic fit of "same patient" on the
+cosine of the store's labelled pairs turns it into a probability for this encoder and this data.
+The fit is cached next to the indexes with the store fingerprint it was made from.
+"""
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from embedstore.errors import NotFound
+from embedstore.index.build import write_json_atomic
+from embedstore.index.search import QueryEncoder
+from embedstore.store import Store
+
+MAX_SAME_PAIRS = 20_000  # a seeded sample above this keeps the fit fast on big cohorts
+SEED = 0
+METHOD = "logistic regression of same-patient on standardised cosine (Platt scaling)"
+
+
+def similar(store: Store, encoder: str, a: str | Path, b: str | Path) -> dict:
+    """Cosine of two videos (stored ids or video files) and the calibrated same-patient probability."""
+    query = QueryEncoder(store, encoder)
+    cosine = float(item_vector(query, a)[0] @ item_vector(query, b)[0])
+    cal = calibration(store, encoder)
+    return {"a": str(a), "b": str(b), "encoder": encoder, "cosine": round(cosine, 6),
+            "same_patient_probability": probability(cal, cosine),
+            "calibration": {k: cal[k] for k in ("n_pairs", "method", "auc")}}
+
+
+def item_vector(query: QueryEncoder, item: str | Path) -> np.ndarray:
+    """[1, D]: a stored video id's vector, else a video file's; NotFound when it is neither."""
+    if query.store.catalog.rows_for(query.name, "videos", [str(item)]):
+        return query.store.get_vectors(query.name, [str(item)])
+    if Path(item).is_file():
+        return query.video_vector(item)[0]
+    raise NotFound(f"{str(item)!r} is neither a video id with {query.name} vectors in the store nor a video file")
+
+
+def probability(cal: dict, cosine: float) -> float | None:
+    """Calibrated P(same patient | cosine); None when the store had no labelled pairs to fit on."""
+    if cal.get("coef") is None:
+        return None
+    z = cal["coef"] * (cosine - cal["center"]) / cal["scale"] + cal["intercept"]
+    return round(1.0 / (1.0 + math.exp(-z)), 4)
+
+
+def calibration(store: Store, encoder: str) -> dict:
+    """The cached fit for the store's current vectors, refitted when the fingerprint changed."""
+    path = store.indexes_dir / f"{encoder}.same-patient.json"
+    fingerprint = store.catalog.fingerprint(encoder, "videos")
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("fingerprint") == fingerprint:
+            return cached
+    cal = {**fit_calibration(store, encoder), "fingerprint": fingerprint,
+           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_json_atomic(path, cal)
+    return cal
+
+
+def fit_calibration(store: Store, encoder: str) -> dict:
+    """Fit on every same-patient pair (patients with >= 2 videos) plus as many seeded different-patient pairs."""
+    ids, pairs, labels = labelled_pairs(store, encoder)
+    if labels.size == 0:
+        return {"n_pairs": 0, "method": "none: no patient with two videos, or a single patient", "auc": None, "coef": None}
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    used = np.unique(pairs)
+    vectors = store.get_vectors(encoder, [ids[i] for i in used])
+    first, second = vectors[np.searchsorted(used, pairs[:, 0])], vectors[np.searchsorted(used, pairs[:, 1])]
+    cosine = np.einsum("ij,ij->i", first, second).astype(np.float64)
+    center, scale = float(cosine.mean()), float(cosine.std()) or 1.0
+    model = LogisticRegression().fit(((cosine - center) / scale)[:, None], labels)
+    return {"n_pairs": int(labels.size), "same_pairs": int(labels.sum()), "method": METHOD,
+            "auc": round(float(roc_auc_score(labels, cosine)), 4), "center": center, "scale": scale,
+            "coef": float(model.coef_[0, 0]), "intercept": float(model.intercept_[0])}
+
+
+def labelled_pairs(store: Store, encoder: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, pairs [P, 2] of indices into ids, labels [P]: 1 same patient, 0 different); empty when unfittable."""
+    rows = store.catalog.query(
+        "SELECT e.item_id, v.patient_id FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
+        "WHERE e.encoder = ? AND e.target = 'videos' AND v.patient_id IS NOT NULL ORDER BY e.\"row\"", [encoder])
+    ids, patients = [r[0] for r in rows], np.array([r[1] for r in rows], dtype=object)
+    members: dict[str, list[int]] = {}
+    for i, patient in enumerate(patients):
+        members.setdefault(patient, []).append(i)
+    same = np.array([pair for group in members.values() for pair in combinations(group, 2)], dtype=np.int64).reshape(-1, 2)
+    rng = np.random.default_rng(SEED)
+    if len(same) > MAX_SAME_PAIRS:
+        same = same[np.sort(rng.choice(len(same), MAX_SAME_PAIRS, replace=False))]
+    if len(same) == 0 or len(members) < 2:
+        return ids, np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    different = _different_patient_pairs(patients, len(same), rng)
+    return ids, np.concatenate([same, different]), np.concatenate([np.ones(len(same), np.int64), np.zeros(len(different), np.int64)])
+
+
+def _different_patient_pairs(patients: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n random pairs of videos from two different patients (rejection sampling; at least 2 patients)."""
+    found: list[np.ndarray] = []
+    while sum(len(f) for f in found) < n:
+        pairs = rng.integers(0, len(patients), size=(2 * n, 2))
+        found.append(pairs[patients[pairs[:, 0]] != patients[pairs[:, 1]]])
+    return np.concatenate(found)[:n]

@@ -1,0 +1,121 @@
+"""Index building: the size rule, ids = catalog rows, measured recall, atomic files, stale detection."""
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from bench.vectors import LatentMixture
+from embedstore.errors import BadInput, NotFound
+from embedstore.index import Searcher, build_index, load_index
+from embedstore.index.build import choose_factory, exact_neighbours, index_paths, recall_at
+from embedstore.store import open_store
+
+DIM = 32
+PROV = {"encoder": "toy", "dim": DIM, "weights": "random-init", "weights_sha256": "random-init",
+        "preprocessing": {"frames": 4}, "package_version": "test", "modalities": ["video"]}
+SPACE = LatentMixture(DIM, centres=60, latent=8, seed=0)
+
+
+def make_store(path, n: int, seed: int = 1):
+    """A store of n videos (patients of 3, EF, split) with embedding-like toy vectors."""
+    store = open_store(path, create=True)
+    vectors, _ = SPACE.sample(n, seed)
+    ids = [f"v{i:05d}" for i in range(n)]
+    store.add_videos([{"video_id": v, "patient_id": f"p{i // 3}", "ef": float(10 + i % 70),
+                       "split": ("TRAIN", "VAL", "TEST")[i % 3]} for i, v in enumerate(ids)])
+    store.add_vectors(PROV, ids, vectors)
+    return store, ids, vectors
+
+
+@pytest.fixture()
+def small(tmp_path):
+    store, ids, vectors = make_store(tmp_path / "s", 300)
+    yield store, ids, vectors
+    store.close()
+
+
+def test_size_rule_flat_then_hnsw_then_ivf_pq():
+    assert choose_factory(10_030, 512, 16 * 2**30)[0] == "Flat"
+    assert choose_factory(1_000_000, 512, 16 * 2**30)[0] == "HNSW32"
+    factory, why = choose_factory(100_000_000, 512, 16 * 2**30)
+    assert factory.startswith("IVF") and factory.endswith(",PQ64"), factory
+    assert "GB" in why
+    assert choose_factory(100_000_000, 400, 2**30)[0].endswith(",PQ50")
+
+
+def test_build_writes_index_and_sidecar_with_catalog_rows_as_ids(small):
+    store, ids, vectors = small
+    side = build_index(store, "toy", progress=False)
+    index_path, sidecar_path = index_paths(store, "toy")
+    assert index_path.exists() and json.loads(sidecar_path.read_text()) == side
+    assert not list(store.indexes_dir.glob("*.tmp*"))
+    assert side["factory"] == "Flat" and side["n"] == 300 and side["dim"] == DIM
+    assert side["fingerprint"] == store.catalog.fingerprint("toy", "videos")
+    assert side["recall_at_10"] == 1.0 and side["recall_queries"] == 300
+    assert side["metric"].startswith("inner_product") and side["faiss_version"] == faiss.__version__
+    index = faiss.read_index(str(index_path))
+    rows = dict(store.catalog.embedding_map("toy", "videos"))
+    np.testing.assert_array_equal(index.reconstruct(rows["v00123"]), vectors[123])
+
+
+def test_hnsw_recall_measured_against_exact_search(small):
+    store, ids, vectors = small
+    side = build_index(store, "toy", factory="HNSW32", progress=False)
+    assert side["factory"] == "HNSW32" and "efSearch" in side["search_params"]
+    assert side["recall_at_10"] >= 0.95, side
+    # fresh queries from the same distribution: the Searcher agrees with exact search
+    queries, _ = SPACE.sample(50, seed=7)
+    searcher = Searcher(store, "toy")
+    rows = np.array([r for _, r in store.catalog.embedding_map("toy", "videos")])
+    truth = exact_neighbours(store, "toy", "videos", rows, queries, 10)
+    found = np.array([[rows[ids.index(h.id)] for h in searcher.search_vector(q, k=10).hits] for q in queries])
+    assert recall_at(found, truth) >= 0.95
+
+
+def test_ivf_factory_tunes_nprobe(small):
+    store, *_ = small
+    side = build_index(store, "toy", factory="IVF8,Flat", progress=False)
+    assert "nprobe" in side["search_params"] and side["recall_at_10"] >= 0.95, side
+
+
+def test_stale_index_gets_new_rows_incrementally(small):
+    store, ids, vectors = small
+    first = build_index(store, "toy", factory="HNSW32", progress=False)
+    new, _ = SPACE.sample(5, seed=99)
+    store.add_videos([{"video_id": f"new{i}", "patient_id": "pnew"} for i in range(5)])
+    store.add_vectors(PROV, [f"new{i}" for i in range(5)], new)
+    assert store.catalog.fingerprint("toy", "videos") != first["fingerprint"]
+    index, side = load_index(store, "toy")
+    assert side["n"] == index.ntotal == 305 and side["incremental_adds"] == 5
+    assert side["fingerprint"] == store.catalog.fingerprint("toy", "videos") and side["created"] == first["created"]
+    hit = Searcher(store, "toy").search_vector(new[3], k=1).hits[0]
+    assert hit.id == "new3" and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_index_file_not_matching_its_sidecar_is_rebuilt(small):
+    store, *_ = small
+    build_index(store, "toy", progress=False)
+    index_path, sidecar_path = index_paths(store, "toy")
+    side = json.loads(sidecar_path.read_text())
+    sidecar_path.write_text(json.dumps({**side, "n": 299, "created": "then"}))  # as if the index write was cut short
+    index, fresh = load_index(store, "toy")
+    assert index.ntotal == fresh["n"] == 300 and fresh["created"] != "then"
+
+
+def test_build_errors_are_one_line(small, tmp_path):
+    store, *_ = small
+    with pytest.raises(BadInput, match="not a FAISS factory string") as bad:
+        build_index(store, "toy", factory="Nonsense42", progress=False)
+    with pytest.raises(NotFound, match="embedstore encode") as unknown:
+        build_index(store, "nope", progress=False)
+    with pytest.raises(NotFound, match=f"embedstore index --store {store.path} --encoder toy") as missing:
+        load_index(store, "toy")
+    with pytest.raises(BadInput, match="target must be one of") as target:
+        build_index(store, "toy", target="frames", progress=False)
+    with pytest.raises(BadInput, match="no toy reports vectors") as empty:
+        build_index(store, "toy", target="reports", progress=False)
+    for exc in (bad, unknown, missing, target, empty):
+        assert "\n" not in str(exc.value)

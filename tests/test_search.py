@@ -1,0 +1,275 @@
+"""Searcher: filters, grouping, bad input, the CLI, and same-patient retrieval on a phantom store."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from embedstore.cli import app
+from embedstore.errors import BadInput, Conflict, NotFound, VideoError
+from embedstore.index import Searcher, build_index, similar
+from embedstore.index import search as search_module
+from embedstore.store import open_store
+from tests.media import moving_frames, truncate, write_video
+from tests.test_index import PROV, SPACE, make_store
+
+N = 1200
+CLIP = {**PROV, "encoder": "toyclip", "modalities": ["text", "video"]}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    """1,200 toy videos: 'toy' with a Flat index, 'toy2' (same vectors) with HNSW, 'toyclip' with reports."""
+    path = tmp_path_factory.mktemp("toy") / "store"
+    store, ids, vectors = make_store(path, N)
+    store.add_vectors({**PROV, "encoder": "toy2"}, ids, vectors)
+    store.add_reports([{"report_id": f"r{i}", "study_id": f"s{i}", "patient_id": f"p{i}", "text": f"report {i}"}
+                       for i in range(20)])
+    store.add_vectors(CLIP, ids[:20], vectors[:20])
+    store.add_vectors(CLIP, [f"r{i}" for i in range(20)], vectors[:20] + 0.01, target="reports")
+    build_index(store, "toy", progress=False)
+    build_index(store, "toy2", factory="HNSW32", progress=False)
+    build_index(store, "toyclip", progress=False)
+    build_index(store, "toyclip", target="reports", progress=False)
+    store.close()
+    return path
+
+
+@pytest.fixture()
+def ro(toy):
+    with open_store(toy, read_only=True) as store:
+        yield store
+
+
+def allowed_ids(store, where: str) -> set[str]:
+    return {r[0] for r in store.catalog.query(f"SELECT video_id FROM videos WHERE {where}")}
+
+
+# -- filters ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoder", ["toy", "toy2"])
+def test_filter_returns_exactly_k_matching_rows(ro, encoder):
+    where = "split = 'TEST' AND ef < 40"
+    result = Searcher(ro, encoder).search_id("v00007", k=25, where=where)
+    assert len(result.hits) == 25
+    assert {h.id for h in result.hits} <= allowed_ids(ro, where)
+    assert all(h.metadata["split"] == "TEST" and h.metadata["ef"] < 40 for h in result.hits)
+    assert result.filtered_out == N - len(allowed_ids(ro, where))
+
+
+def test_selective_filter_on_hnsw_through_faiss_matches_exact_search(ro, monkeypatch):
+    monkeypatch.setattr(search_module, "EXACT_SUBSET_MAX", 0)  # force the FAISS id-selector path
+    where = "ef < 12"  # 2 of 70 EF values: ~3% of rows
+    searcher = Searcher(ro, "toy2")
+    allowed = sorted(allowed_ids(ro, where))
+    stored = ro.get_vectors("toy2", allowed)
+    queries, _ = SPACE.sample(20, seed=5)
+    found = 0
+    for query in queries:
+        hits = searcher.search_vector(query, k=10, where=where).hits
+        assert len(hits) == 10 and {h.id for h in hits} <= set(allowed)
+        found += len({h.id for h in hits} & {allowed[i] for i in np.argsort(-(stored @ query))[:10]})
+    assert found / 200 >= 0.95, f"filtered HNSW recall@10 {found / 200:.3f}"
+
+
+def test_filter_leaving_fewer_than_k_returns_all_of_them(ro):
+    where = "ef < 10.5"
+    result = Searcher(ro, "toy2").search_id("v00000", k=50, where=where, exclude_self=False)
+    assert {h.id for h in result.hits} == allowed_ids(ro, where)
+
+
+def test_where_cannot_modify_the_catalog(ro, toy):
+    before = (ro.catalog.counts(), ro.catalog.fingerprint("toy", "videos"))
+    searcher = Searcher(ro, "toy")
+    for where in ["1=1; DROP TABLE videos", "ef < 40); DROP TABLE videos; --",
+                  "1=1; INSERT INTO videos (video_id) VALUES ('x')", "DELETE FROM videos"]:
+        with pytest.raises(BadInput, match="not a single SQL expression") as exc:
+            searcher.search_id("v00001", k=3, where=where)
+        assert "\n" not in str(exc.value)
+    assert (ro.catalog.counts(), ro.catalog.fingerprint("toy", "videos")) == before
+    result = CliRunner().invoke(app, ["search", "--store", str(toy), "-e", "toy", "--id", "v00001",
+                                      "--where", "1=1; DROP TABLE videos"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --where")
+    assert ro.catalog.counts() == before[0]
+
+
+# -- query kinds, grouping, result shape ------------------------------------------------------------
+def test_exclude_self_and_include_self(ro):
+    searcher = Searcher(ro, "toy")
+    assert "v00042" not in [h.id for h in searcher.search_id("v00042", k=5).hits]
+    first = searcher.search_id("v00042", k=5, exclude_self=False).hits[0]
+    assert first.id == "v00042" and first.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_same_patient_groups_neighbours_by_patient(ro):
+    result = Searcher(ro, "toy").search_id("v00003", k=8, same_patient=True)
+    patients = [h.metadata["patient_id"] for h in result.hits]
+    assert len(patients) == len(set(patients)) == 8
+    assert all(h.count >= 1 for h in result.hits)
+    assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
+
+
+def test_result_carries_provenance_ef_estimate_and_serialises(ro):
+    result = Searcher(ro, "toy").search_id("v00010", k=10)
+    efs = [h.metadata["ef"] for h in result.hits]
+    assert result.ef_estimate == {"mean": round(float(np.mean(efs)), 2), "std": round(float(np.std(efs)), 2), "n": 10}
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["provenance"]["random_init"] is True and data["provenance"]["weights_sha256"] == "random-init"
+    assert data["provenance"]["index"]["factory"] == "Flat" and data["took_ms"] >= 0
+    assert [h["rank"] for h in data["hits"]] == list(range(1, 11))
+
+
+def test_video_to_report_and_report_to_video(ro):
+    reports = Searcher(ro, "toyclip", target="reports").search_id("v00004", k=3)
+    assert reports.hits[0].id == "r4" and reports.hits[0].metadata["text"] == "report 4"
+    assert reports.ef_estimate is None
+    videos = Searcher(ro, "toyclip").search_report("r4", k=1)
+    assert videos.hits[0].id == "v00004" and videos.query["stored_id"] == "r4"
+
+
+# -- bad input: right class, one line ---------------------------------------------------------------
+def test_bad_inputs_give_one_line_errors(ro, tmp_path):
+    searcher = Searcher(ro, "toy")
+    broken = truncate(write_video(tmp_path / "broken.avi", moving_frames(24, 64)))
+    cases = [
+        (lambda: Searcher(ro, "nope"), NotFound, "no vectors for encoder 'nope'"),
+        (lambda: Searcher(ro, "toyclip", target="frames"), BadInput, "target must be one of"),
+        (lambda: searcher.search_vector(np.ones(5)), BadInput, "dimension 5"),
+        (lambda: searcher.search_vector(np.full(32, np.nan)), BadInput, "NaN"),
+        (lambda: searcher.search_vector(np.ones((2, 32))), BadInput, "one query vector"),
+        (lambda: searcher.search_id("v99999"), NotFound, "'v99999'"),
+        (lambda: searcher.search_id("v00001", where="ef <"), BadInput, "not a single SQL expression"),
+        (lambda: searcher.search_id("v00001", where="nope > 1"), BadInput, 'column "nope" not found.*columns of videos'),
+        (lambda: searcher.search_id("v00001", where="split + 1 > 0"), BadInput, "--where"),
+        (lambda: searcher.search_id("v00001", k=0), BadInput, "positive integer"),
+        (lambda: searcher.search_id("v00001", k=N + 1), BadInput, f"holds {N} toy videos"),
+        (lambda: searcher.search_video(broken), VideoError, "broken.avi"),
+        (lambda: searcher.search_video(tmp_path / "absent.avi"), NotFound, "no such video file"),
+        (lambda: searcher.search_text("dilated left ventricle"), BadInput, "no text tower"),
+        (lambda: searcher.search(k=3), BadInput, "exactly one query"),
+        (lambda: searcher.search(id="v00001", text="x"), BadInput, "got id, text"),
+    ]
+    for call, error, pattern in cases:
+        with pytest.raises(error, match=pattern) as exc:
+            call()
+        assert "\n" not in str(exc.value), str(exc.value)
+
+
+def test_missing_index_names_the_command(tmp_path):
+    store, ids, _ = make_store(tmp_path / "fresh", 12)
+    with pytest.raises(NotFound, match=f"`embedstore index --store {store.path} --encoder toy`"):
+        Searcher(store, "toy")
+    store.close()
+
+
+# -- end to end on a phantom cohort -----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def phantom_store(ingested_store, tmp_path_factory) -> Path:
+    """The conftest phantom store (20 patients x 3 videos) encoded with random-init r3d, indexed."""
+    from embedstore.encode import encode_store
+    from embedstore.encoders import get_encoder
+
+    path = tmp_path_factory.mktemp("search") / "phantom"
+    shutil.copytree(ingested_store, path)
+    with open_store(path) as store:
+        encode_store(store, get_encoder("r3d", random_init=True, device="cpu"), progress=False)
+        build_index(store, "r3d", progress=False)
+    return path
+
+
+@pytest.fixture()
+def phantom(phantom_store):
+    with open_store(phantom_store, read_only=True) as store:
+        yield store
+
+
+def test_nearest_other_video_is_same_patient_far_above_chance(phantom):
+    searcher = Searcher(phantom, "r3d")
+    videos = phantom.videos()
+    per_patient = {}
+    for v in videos:
+        per_patient[v["patient_id"]] = per_patient.get(v["patient_id"], 0) + 1
+    same = [searcher.search_id(v["video_id"], k=1).hits[0].metadata["patient_id"] == v["patient_id"] for v in videos]
+    rate = float(np.mean(same))
+    chance = float(np.mean([(per_patient[v["patient_id"]] - 1) / (len(videos) - 1) for v in videos]))
+    assert rate >= max(10 * chance, 0.5), f"same-patient nearest-neighbour rate {rate:.3f} vs chance {chance:.3f}"
+
+
+def test_similar_ranks_same_patient_pairs_above_different_ones(phantom):
+    videos = phantom.videos()[:15]
+    same, different = [], []
+    for a, b in combinations(videos, 2):
+        p = similar(phantom, "r3d", a["video_id"], b["video_id"])["same_patient_probability"]
+        (same if a["patient_id"] == b["patient_id"] else different).append(p)
+    assert same and different
+    assert np.mean(same) > np.mean(different) + 0.2, (np.mean(same), np.mean(different))
+    cal = json.loads((phantom.indexes_dir / "r3d.same-patient.json").read_text())
+    assert cal["n_pairs"] == 120 and cal["fingerprint"] == phantom.catalog.fingerprint("r3d", "videos")
+
+
+def test_video_query_of_a_stored_file_uses_its_stored_vector(phantom):
+    video = phantom.videos()[5]
+    result = Searcher(phantom, "r3d").search_video(video["source_path"], k=3)
+    assert result.query["stored_id"] == video["video_id"]
+    assert result.hits[0].id == video["video_id"] and result.hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_random_init_query_encoder_must_reproduce_stored_vectors(phantom, tmp_path):
+    """Random weights are comparable only when seeded: either they reproduce the store, or the query is refused."""
+    from embedstore.encoders import get_encoder
+    from embedstore.video.read import read_video
+
+    stored = phantom.videos()[0]
+    again = get_encoder("r3d", random_init=True, device="cpu").embed_videos([read_video(stored["source_path"])])[0]
+    reproducible = float(again @ phantom.get_vectors("r3d", [stored["video_id"]])[0]) > 0.99
+    new = write_video(tmp_path / "new.avi", moving_frames(32, 112, seed=3))
+    searcher = Searcher(phantom, "r3d")
+    if reproducible:
+        assert len(searcher.search_video(new, k=3).hits) == 3
+    else:
+        with pytest.raises(Conflict, match="does not reproduce"):
+            searcher.search_video(new, k=3)
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+def test_cli_index_search_similar(phantom_store):
+    runner = CliRunner()
+    store = str(phantom_store)
+    out = runner.invoke(app, ["index", "--store", store, "--encoder", "r3d", "--quiet"])
+    assert out.exit_code == 0 and "Flat" in out.stdout and "recall@10 1.000" in out.stdout
+    with open_store(phantom_store, read_only=True) as st:
+        first, second = st.videos()[:2]
+    out = runner.invoke(app, ["search", "--store", store, "-e", "r3d", "--id", first["video_id"], "-k", "4",
+                              "--where", "split = 'TRAIN'"])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["rank", "id", "score", "patient", "EF", "split", "path"]
+    assert len(lines) == 1 + 4 + 2 and lines[-1].startswith("neighbour EF estimate:")
+    assert "random-init" in out.stderr
+    out = runner.invoke(app, ["search", "--store", store, "-e", "r3d", "--id", first["video_id"], "--json", "--same-patient"])
+    data = json.loads(out.stdout)
+    assert len(data["hits"]) == 10 and data["provenance"]["random_init"] is True
+    out = runner.invoke(app, ["similar", "--store", store, "-e", "r3d", first["video_id"], second["video_id"]])
+    assert out.exit_code == 0 and out.stdout.startswith("cosine ") and "same-patient probability" in out.stdout
+    for bad in (["--id", "nope"], ["--id", first["video_id"], "-k", "0"], [], ["--id", "x", "--text", "y"]):
+        out = runner.invoke(app, ["search", "--store", store, "-e", "r3d", *bad])
+        assert out.exit_code == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_installed_command_runs(phantom_store, tmp_path):
+    with open_store(phantom_store, read_only=True) as st:
+        video_id, dim = st.videos()[0]["video_id"], st.encoder_info("r3d")["dim"]
+        np.save(tmp_path / "q.npy", st.get_vectors("r3d", [video_id])[0])
+    exe = Path(sys.executable).parent / "embedstore"
+    done = subprocess.run([str(exe), "search", "--store", str(phantom_store), "--encoder", "r3d",
+                           "--vector", str(tmp_path / "q.npy"), "-k", "3", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    hits = json.loads(done.stdout)["hits"]
+    assert hits[0]["id"] == video_id and len(hits) == 3 and dim == 400
