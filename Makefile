@@ -33,6 +33,7 @@ demo: $(STAMP)
 	$(ES) info --store $(DEMO)/store
 
 test: $(STAMP)
+	bash tests/browser_setup.sh
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

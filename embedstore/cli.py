@@ -147,17 +147,23 @@ def encode(
     device: DeviceOpt = "auto",
     pooling: PoolingOpt = None,
     vocab: VocabOpt = None,
+    engine: Annotated[str, typer.Option(help="local (threads on this machine) or ray (a Ray cluster, docs/scaling.md)")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="ray: auto or ray://host:port (default: $RAY_ADDRESS, else start Ray here)")] = None,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0, help="ray: GPUs per encoder actor when the cluster has GPUs (0: CPU actors)")] = 1.0,
+    cpus_per_decode: Annotated[float, typer.Option("--cpus-per-decode", min=0.1, help="ray: CPUs per decode + prepare task")] = 1.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed every video (or report) not yet embedded by ENCODER; resumable, bad videos reported."""
-    from embedstore.encode import encode_store
+    from embedstore.engines import encode_with
     from embedstore.store import open_store
 
-    model = load_encoder(encoder, weights, random_init, device, pooling, vocab)
+    # with ray the model runs in the actors; the driver's copy only gives provenance and the preparer
+    model = load_encoder(encoder, weights, random_init, "cpu" if engine == "ray" else device, pooling, vocab)
     with open_store(store) as st:
-        summary = encode_store(st, model, batch_size=batch_size, workers=workers, target=target,
-                               progress=not quiet)
+        summary = encode_with(engine, st, model, batch_size=batch_size, workers=workers, target=target,
+                              progress=not quiet, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+                              cpus_per_decode=cpus_per_decode)
     if as_json:
         emit(summary.as_dict(), True)
         return
@@ -180,6 +186,7 @@ def index_cmd(
     encoder: EncoderOpt = "r3d",
     target: TargetOpt = "videos",
     factory: Annotated[Optional[str], typer.Option(help="FAISS factory string, e.g. HNSW32 (default: by size, see indexes/README.md)")] = None,
+    recall: Annotated[float, typer.Option(min=0.0, max=1.0, help="recall@10 the search parameters (efSearch, nprobe) are tuned to")] = 0.95,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -188,7 +195,7 @@ def index_cmd(
     from embedstore.store import open_store
 
     with open_store(store, read_only=True) as st:
-        side = build_index(st, encoder, target, factory=factory, progress=not quiet)
+        side = build_index(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall)
     if as_json:
         emit(side, True)
         return
@@ -272,3 +279,180 @@ def similar(
     typer.echo(f"cosine {out['cosine']:.4f}")
     typer.echo(f"same-patient probability {p:.3f} (logistic calibration on {cal['n_pairs']} labelled pairs, AUC {cal['auc']:.3f})"
                if p is not None else f"same-patient probability: - ({cal['method']})")
+
+
+from enum import Enum  # noqa: E402  (appended section: `train`)
+
+from embedstore.training.config import TrainConfig  # noqa: E402  (torch-free: the recipe's defaults)
+
+_RECIPE = TrainConfig()
+
+
+class TrainModel(str, Enum):
+    r3d = "r3d"
+
+
+@command()
+def train(
+    model: Annotated[TrainModel, typer.Argument(help="model to fine-tune: r3d (R3D-18 as an EF classifier, the R3D paper's recipe)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="final checkpoint (released wrapper layout); OUT.epoch<N> and the .metrics.json go beside it")],
+    store: StoreOpt = None,
+    label: Annotated[str, typer.Option(help="DuckDB yes/no expression over the videos table: the positive class")] = _RECIPE.label,
+    epochs: Annotated[int, typer.Option(help="epochs (the best by VAL AUC is kept)")] = _RECIPE.epochs,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = _RECIPE.lr,
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = _RECIPE.weight_decay,
+    accumulate: Annotated[int, typer.Option(help="batches per optimizer step (gradient accumulation)")] = _RECIPE.accumulate,
+    period: Annotated[int, typer.Option(help="keep 1 frame in PERIOD (`encode --encoder r3d` uses 4)")] = _RECIPE.period,
+    init: Annotated[str, typer.Option(help="kinetics (torch hub cache), random (recorded), or an r3d checkpoint path")] = _RECIPE.init,
+    balance: Annotated[str, typer.Option(help="none, oversample or undersample (TRAIN classes, per epoch)")] = _RECIPE.balance,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="videos per batch (unequal lengths are not mixed)")] = _RECIPE.batch_size,
+    clip_length: Annotated[Optional[int], typer.Option(help="train on random clips of this many sampled frames (speed); default whole videos")] = None,
+    device: DeviceOpt = "auto",
+    seed: Annotated[int, typer.Option(help="seed of init, order, balance draws and clips")] = _RECIPE.seed,
+    workers: int = typer.Option(_RECIPE.workers, help="decode threads running ahead of the model"),
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest OUT.epoch<N> (same settings)")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune on TRAIN, pick the epoch on VAL, report TEST; save a checkpoint `encode --weights` loads."""
+    from embedstore.store import open_store
+    from embedstore.training.loop import train_r3d
+
+    cfg = TrainConfig(label=label, epochs=epochs, lr=lr, weight_decay=weight_decay, accumulate=accumulate, period=period,
+                      init=init, balance=balance, batch_size=batch_size, clip_length=clip_length, seed=seed,
+                      device=device, workers=workers)
+    if init == "random":
+        typer.echo("WARNING: --init random: no Kinetics start (recorded); the paper fine-tunes from Kinetics-400", err=True)
+    with open_store(store) as st:
+        metrics = train_r3d(st, cfg, out, resume=resume, progress=not quiet)
+    if as_json:
+        emit(metrics, True)
+        return
+    counts, val, test = metrics["counts"], metrics["val"], metrics["test"]
+    typer.echo(f"trained {model.value} on {counts['TRAIN']['n']} TRAIN videos (label {label!r}), {epochs} epochs on "
+               f"{metrics['device']} ({metrics['precision']}); best epoch {metrics['best_epoch']}, VAL AUC {val['auc']}")
+    if test:
+        names = ("auc", "auprc", "accuracy", "precision", "recall", "specificity", "f1")
+        typer.echo(f"TEST ({test['n']} videos, {test['positive']} positive; threshold {test['threshold']} on the sigmoid): "
+                   + ", ".join(f"{k} {test[k]}" for k in names))
+    else:
+        typer.echo("TEST: no TEST videos with a label value; no test metrics")
+    typer.echo(f"checkpoint {out} (sha256 {metrics['checkpoint_sha256'][:16]}); metrics {metrics['metrics_file']}")
+    typer.echo(f"  embed with it: embedstore encode --store STORE --encoder r3d --weights {out}")
+
+
+@command()
+def download(
+    source: Annotated[str, typer.Argument(help="release name (r3d-v0), URL of a bundle's manifest.json, or URL of an R3D-v0-format text file")],
+    store: StoreOpt = None,
+    sha256: Annotated[Optional[str], typer.Option("--sha256", help="expected sha256 of the file (of manifest.json for a bundle)")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="EchoNet FileList.csv: joins EF, ESV, EDV, split (and PatientID)")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="download folder (default <store>/downloads)")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download released embeddings, verify them, and ingest them as a vector set of videos known by id."""
+    from embedstore.datasets.releases import download as run_download
+
+    summary = run_download(source, store, sha256=sha256, labels=labels, cache=cache, progress=not quiet)
+    if as_json:
+        emit(summary, True)
+        return
+    typer.echo(f"{summary['release']}: {summary['n']} x {summary['dim']} {summary['encoder']} vectors from {summary['url']}")
+    typer.echo(f"  sha256 {summary['sha256']} ({summary['sha256_pinned_by']})")
+    typer.echo(f"  added {summary['added']} vectors, {summary['new_items']} new {summary['target']}, "
+               f"{summary['labelled']} labelled from --labels")
+
+
+@command("export")
+def export_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="new folder for the bundle")],
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    fmt: Annotated[str, typer.Option("--format", help="hdf5 (the store's layout) or parquet (shards)")] = "hdf5",
+    split: Annotated[Optional[str], typer.Option("--split", help="keep these splits, e.g. TRAIN,VAL")] = None,
+    target: TargetOpt = "videos",
+    source_data: Annotated[Optional[str], typer.Option("--source-data", help="echonet, phantom or own (default: the release's, else echonet when ids look like EchoNet FileNames, else own)")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a release bundle: vectors + metadata, manifest.json (sizes, sha256, provenance, licences), DATA_CARD.md."""
+    from embedstore.datasets.export import export as run_export
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        manifest = run_export(st, encoder, out, fmt=fmt, splits=split.split(",") if split else None, target=target,
+                              source=source_data, progress=not quiet)
+    if as_json:
+        emit(manifest, True)
+        return
+    typer.echo(f"bundle {out}: {manifest['count']} x {manifest['dim']} {encoder} {target} ({fmt}), "
+               f"{len(manifest['files'])} files + manifest.json")
+    typer.echo(f"  source data: {manifest['licence']['source']}; weights licence: {manifest['licence']['weights']}")
+    if manifest["encoder"]["weights_sha256"] == "random-init":
+        typer.echo("  WARNING: random-init weights: these vectors carry no learned meaning", err=True)
+
+
+@command("view")
+def view_cmd(
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    method: Annotated[str, typer.Option("--method", help="pca or umap")] = "umap",
+    color: Annotated[str, typer.Option("--color", help="ef, split, patient, or any videos column")] = "ef",
+    out: Annotated[Optional[Path], typer.Option("--out", help="PNG file (default: the store's views/<encoder>.<method>.png)")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="interactive HTML file (default: next to the PNG in views/)")] = None,
+    seed: int = typer.Option(0, help="UMAP random state; the map is deterministic for a seed"),
+    recompute: bool = typer.Option(False, "--recompute", help="recompute even when a stored view matches"),
+    as_json: JsonOpt = False,
+) -> None:
+    """2-D map (PCA or UMAP) of an encoder's vectors: stored in views/, drawn as PNG and interactive HTML."""
+    from embedstore.analysis.views import make_view
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        out_info = make_view(st, encoder, method, color=color, png=out, html=html, seed=seed, recompute=recompute)
+    if out_info["random_init"]:
+        typer.echo(f"WARNING: {encoder} vectors are random-init: the map shows a random network's view", err=True)
+    if as_json:
+        emit(out_info, True)
+        return
+    typer.echo(f"{method} view of {out_info['n']} {encoder} vectors (seed {seed}): {out_info['view']}")
+    typer.echo(f"  png  {out_info['png']}\n  html {out_info['html']}")
+
+
+@command("eval")
+def eval_cmd(
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    out: Annotated[Optional[Path], typer.Option("--out", help="also write the report to this file (markdown, or JSON with --json)")] = None,
+    bootstrap: int = typer.Option(1000, min=0, help="bootstrap resamples for the 95% intervals (0: none)"),
+    seed: int = typer.Option(0, help="seed of the bootstrap, the pair sample and a split made when the store has none"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Linear probe, ridge and kNN EF, same-patient AUC, report retrieval, zero-shot EF: where labels exist."""
+    from embedstore.analysis.evaluate import evaluate, to_markdown
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        report = evaluate(st, encoder, bootstrap=bootstrap, seed=seed)
+    if report["warning"] and as_json:
+        typer.echo(report["warning"], err=True)
+    text = json.dumps(report, indent=2, allow_nan=False) if as_json else to_markdown(report)
+    if out is not None:
+        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    typer.echo(text.rstrip("\n"))
+
+
+@command()
+def serve(
+    store: StoreOpt = None,
+    host: Annotated[Optional[str], typer.Option(help="bind address (default 127.0.0.1 or $EMBEDSTORE_HOST); "
+                                                     "the service has no TLS, expose it only behind a proxy")] = None,
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
+    workers: int = typer.Option(1, min=1, help="server processes, each with its own copy of the indexes"),
+    log_level: str = typer.Option("info", help="uvicorn log level; warning and above leave out the access log"),
+) -> None:
+    """REST service over a store, read-only (OpenAPI at /docs); limits and token from EMBEDSTORE_* variables."""
+    from embedstore.service.app import serve as run_server
+
+    run_server(store, host, port, workers, log_level)

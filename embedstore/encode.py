@@ -50,25 +50,26 @@ def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], i
     return [(r[0], r[1]) for r in rows], done
 
 
+def prepare_one(item: tuple[str, str], preparer) -> tuple[str, np.ndarray | str]:
+    """(id, model input) or (id, one-line error) for one (video_id, path): the reader job of every engine."""
+    video_id, path = item
+    try:
+        return video_id, preparer(read_video(path))
+    except EmbedstoreError as exc:
+        return video_id, exc.message
+    except Exception as exc:  # a decoder bug in one file must not stop a long run
+        return video_id, f"{path}: {type(exc).__name__}: {exc}"
+
+
 def prepared_stream(items: list[tuple[str, str]], preparer, workers: int, ahead: int) -> Iterator[tuple[str, np.ndarray | str]]:
     """Yield (id, model input) or (id, error message) in order, decoding up to `ahead` videos early."""
-
-    def job(item: tuple[str, str]):
-        video_id, path = item
-        try:
-            return video_id, preparer(read_video(path))
-        except EmbedstoreError as exc:
-            return video_id, exc.message
-        except Exception as exc:  # a decoder bug in one file must not stop a long run
-            return video_id, f"{path}: {type(exc).__name__}: {exc}"
-
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(job, item) for item in items[:ahead]]
+        futures = [pool.submit(prepare_one, item, preparer) for item in items[:ahead]]
         for i in range(len(items)):
             result = futures[i].result()
             futures[i] = None  # free the decoded frames as soon as they are consumed
             if i + ahead < len(items):
-                futures.append(pool.submit(job, items[i + ahead]))
+                futures.append(pool.submit(prepare_one, items[i + ahead], preparer))
             yield result
 
 

@@ -74,7 +74,9 @@ class R3D(Encoder):
     def preparer(self) -> R3DPreparer:
         return R3DPreparer(self.spec["period"], self.spec["size"][0] if self.spec["size"] else None)
 
-    def _forward(self, batch):
+    def normalise(self, batch):
+        """Prepared 0-255 input [B, 3, T, H, W] -> the float input of the model; training uses it too, so
+        a fine-tuned checkpoint sees exactly what `encode` will feed it."""
         import torch
 
         x = batch.float()
@@ -82,7 +84,10 @@ class R3D(Encoder):
             mean = torch.tensor(self.spec["mean"], device=x.device).view(1, 3, 1, 1, 1)
             std = torch.tensor(self.spec["std"], device=x.device).view(1, 3, 1, 1, 1)
             x = (x / 255.0 - mean) / std
-        return self.model(x)
+        return x
+
+    def _forward(self, batch):
+        return self.model(self.normalise(batch))
 
 
 @register("r3d-v0")

@@ -22,11 +22,12 @@ import faiss
 import numpy as np
 
 from embedstore.errors import BadInput, NotFound
+from embedstore.index import large
 from embedstore.progress import bar
 from embedstore.store import Store
 from embedstore.store.store import TARGETS
 
-FLAT_MAX = 50_000  # below this, exact search is fast enough (~2 ms per query at 512-d, one core)
+FLAT_MAX = 50_000  # below this, exact search is fast enough (~1 ms per 10k vectors per query at 512-d, one core)
 HNSW_M = 32
 HNSW_MEMORY_SHARE = 0.5  # HNSW while its estimated size is under this share of available memory
 RECALL_TARGET = 0.95
@@ -54,7 +55,10 @@ def build_command(store: Store, encoder: str, target: str = "videos") -> str:
 
 # -- the choice rule --------------------------------------------------------------------------------
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (psutil if installed, else /proc/meminfo)."""
+    """Bytes of memory available to a new allocation ($EMBEDSTORE_INDEX_MEMORY if set, psutil if installed, else /proc/meminfo)."""
+    setting = large.memory_setting()
+    if setting is not None:
+        return setting
     try:
         import psutil
 
@@ -130,23 +134,26 @@ def tuning_knob(index: faiss.Index) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
-def search_parameters(params: dict, k: int, selector=None, share: float = 1.0) -> faiss.SearchParameters:
+def search_parameters(params: dict, k: int, selector=None, share: float = 1.0) -> faiss.SearchParameters | None:
     """Per-query FAISS parameters (no global state): the sidecar's efSearch/nprobe plus an id selector.
 
     Under a filter that allows `share` of the rows, HNSW widens its beam by 1/share (up to
     EF_FILTERED_MAX) so that about as many allowed candidates are compared as without a filter.
+    None when there is nothing to set (exact search, no filter).
     """
     if "efSearch" in params:
         ef = max(int(params["efSearch"]), k)
         return faiss.SearchParametersHNSW(sel=selector, efSearch=int(min(ef / share, max(EF_FILTERED_MAX, ef))))
+    if "k_factor" in params:  # IVF-PQ re-ranked with exact vectors (index/large.py)
+        return large.search_parameters(params, selector)
     if "nprobe" in params:
         return faiss.SearchParametersIVF(sel=selector, nprobe=int(params["nprobe"]))
-    return faiss.SearchParameters(sel=selector)
+    return None if selector is None else faiss.SearchParameters(sel=selector)
 
 
 # -- building ---------------------------------------------------------------------------------------
 def build_index(store: Store, encoder: str, target: str = "videos", factory: str | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, recall_target: float = RECALL_TARGET) -> dict:
     """Build the index of (encoder, target) from the store, measure its recall@10, save it; returns the sidecar."""
     if target not in TARGETS:
         raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
@@ -157,7 +164,10 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
         raise BadInput(f"store {store.path} has no {encoder} {target} vectors to index; "
                        f"run `embedstore encode --store {store.path} --encoder {encoder}` first")
     available = available_memory()
-    chosen, reason = (factory, "given with --factory") if factory else choose_factory(len(rows), dim, available)
+    chosen, reason = (factory, "given with --factory") if factory else large.reranked(*choose_factory(len(rows), dim, available))
+    if large.is_large(chosen):  # beyond the in-RAM limit: IVF-PQ + exact re-ranking, memory-mapped
+        return large.build_large(store, encoder, target, chosen, reason, rows, bool(factory), available,
+                                 recall_target, progress)
     start = time.perf_counter()
     index = new_index(chosen, dim)
     _train(index, store, encoder, target, rows)
@@ -167,11 +177,12 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
             index.add_with_ids(vectors, rows[position : position + len(vectors)])
             position += len(vectors)
             pbar.update(len(vectors))
-    params, recall, n_queries = tune(index, store, encoder, target, rows)
+    params, recall, n_queries = tune(index, store, encoder, target, rows, recall_target)
     sidecar = {
         "encoder": encoder, "target": target, "factory": chosen, "factory_given": bool(factory), "choice": reason,
         "n": int(index.ntotal), "dim": dim, "metric": METRIC, "fingerprint": fingerprint,
         "last_row": int(rows.max()), "search_params": params, "recall_at_10": recall, "recall_queries": n_queries,
+        "recall_target": recall_target,
         "build_seconds": round(time.perf_counter() - start, 3), "memory_available_bytes": available,
         "faiss_version": faiss.__version__, "created": _now(), "incremental_adds": 0,
     }
@@ -198,8 +209,9 @@ def _cluster_on_gpu(ivf: faiss.IndexIVF) -> None:
         pass
 
 
-def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray) -> tuple[dict, float, int]:
-    """Smallest efSearch/nprobe reaching recall@10 >= RECALL_TARGET on up to 1000 stored vectors as queries.
+def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray,
+         recall_target: float = RECALL_TARGET) -> tuple[dict, float, int]:
+    """Smallest efSearch/nprobe reaching recall@10 >= recall_target on up to 1000 stored vectors as queries.
 
     Returns (search params, recall@10 at those params, number of queries). Ground truth is exact
     inner-product search, streamed over the stored vectors so memory stays bounded.
@@ -214,7 +226,7 @@ def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.n
         params = {knob[0]: value} if knob else {}
         _, found = index.search(queries, k, params=search_parameters(params, k))
         recall = recall_at(found, truth)
-        if recall >= RECALL_TARGET:
+        if recall >= recall_target:
             break
     return params, round(recall, 4), len(queries)
 
@@ -244,6 +256,7 @@ def save_index(store: Store, index: faiss.Index, sidecar: dict) -> dict:
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(f"{index_path.name}.tmp{os.getpid()}")
     faiss.write_index(index, str(tmp))
+    _fsync(tmp)
     os.replace(tmp, index_path)
     sidecar = {**sidecar, "index_bytes": index_path.stat().st_size}
     write_json_atomic(sidecar_path, sidecar)
@@ -255,7 +268,14 @@ def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    _fsync(tmp)
     os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file to disk before it replaces another, so a power cut cannot leave an empty file."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def read_sidecar(store: Store, encoder: str, target: str = "videos") -> dict:
@@ -276,16 +296,18 @@ def load_index(store: Store, encoder: str, target: str = "videos", progress: boo
     store.encoder_info(encoder)
     sidecar = read_sidecar(store, encoder, target)
     index_path, _ = index_paths(store, encoder, target)
-    index = faiss.read_index(str(index_path)) if index_path.exists() else None
+    index = large.read_index(index_path, sidecar) if index_path.exists() else None
     if index is not None and index.ntotal == sidecar["n"]:
         if sidecar["fingerprint"] == store.catalog.fingerprint(encoder, target):
             return index, sidecar
-        updated = _append_new_rows(store, index, sidecar)
+        mapped = large.is_large(sidecar["factory"])  # read-only: rewritten with the new rows, then read again
+        updated = (large.append_new_rows if mapped else _append_new_rows)(store, index, sidecar)
         if updated is not None:
-            return index, updated
+            return (large.read_index(index_path, updated) if mapped else index), updated
     factory = sidecar["factory"] if sidecar.get("factory_given") else None
-    sidecar = build_index(store, encoder, target, factory=factory, progress=progress)
-    return faiss.read_index(str(index_path)), sidecar
+    sidecar = build_index(store, encoder, target, factory=factory, progress=progress,
+                          recall_target=sidecar.get("recall_target", RECALL_TARGET))
+    return large.read_index(index_path, sidecar), sidecar
 
 
 def _append_new_rows(store: Store, index: faiss.Index, sidecar: dict) -> dict | None:

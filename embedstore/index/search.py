@@ -34,7 +34,7 @@ EXACT_SUBSET_MAX = 8192  # a filter leaving at most this many rows is answered b
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     """One neighbour. With same_patient, one per patient: its best video and how many of its videos were near."""
 
@@ -45,7 +45,7 @@ class Hit:
     count: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class SearchResult:
     """What every surface returns: hits, what the filter removed, provenance, timing, a kNN EF estimate."""
 
@@ -175,7 +175,9 @@ class Searcher:
             raise Conflict(f"the index holds {self.index.ntotal} vectors but the catalog maps {len(self.rows)}; "
                            f"rebuild it with `{build_command(store, encoder, target)}`")
         self.size = int(self.index.ntotal)
+        self._dense = self.size == 0 or int(self.rows[-1] - self.rows[0]) == self.size - 1  # rows first..last, no gaps
         self.exact_storage = holds_exact_vectors(self.index)
+        self._plain_params: dict[int, faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
 
@@ -199,7 +201,8 @@ class Searcher:
         """Neighbours of a video file (or decoded Video); a file already in the store uses its stored vector."""
         start = time.perf_counter()
         vector, stored = self.query_encoder.video_vector(video)
-        query = {"kind": "video", "path": str(video.path if isinstance(video, Video) else video), "stored_id": stored}
+        path = video.path if isinstance(video, Video) else video
+        query = {"kind": "video", "path": str(path) if path else None, "stored_id": stored}
         return self._search(vector, k, where, (), same_patient, query, start)
 
     def search_text(self, text: str, k: int = 10, where: str | None = None, same_patient: bool = False) -> SearchResult:
@@ -299,8 +302,15 @@ class Searcher:
         return (scores, rows) if len(rows) >= n else self._exact(vector, allowed, n)
 
     def _faiss(self, vector: np.ndarray, n: int, selector=None, share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        params = search_parameters(self.sidecar["search_params"], n, selector, share)
+        if selector is None:  # unfiltered parameters are immutable per n: build them once
+            if n not in self._plain_params:
+                self._plain_params[n] = search_parameters(self.sidecar["search_params"], n)
+            params = self._plain_params[n]
+        else:
+            params = search_parameters(self.sidecar["search_params"], n, selector, share)
         scores, rows = self.index.search(vector, n, params=params)
+        if rows[0, -1] >= 0:  # FAISS pads missing results with -1 at the end
+            return scores[0], rows[0]
         valid = rows[0] >= 0
         return scores[0][valid], rows[0][valid]
 
@@ -326,7 +336,7 @@ class Searcher:
         while True:
             scores, rows = self._neighbours(vector, m, allowed, exclude)
             groups: dict[str, list[int]] = {}
-            for i, position in enumerate(np.searchsorted(self.rows, rows)):
+            for i, position in enumerate(self._positions(rows).tolist()):
                 patient = self.meta[position][0]  # patient_id is the first metadata column of both targets
                 groups.setdefault(patient if patient is not None else f"\0{rows[i]}", []).append(i)
             if len(groups) >= k or m >= available:
@@ -339,7 +349,11 @@ class Searcher:
         names, ids, meta = self.columns, self.ids, self.meta
         return [Hit(rank=i + 1, id=ids[p], score=score, metadata=dict(zip(names, meta[p])),
                     count=None if counts is None else counts[i])
-                for i, (p, score) in enumerate(zip(np.searchsorted(self.rows, rows).tolist(), scores.tolist()))]
+                for i, (p, score) in enumerate(zip(self._positions(rows).tolist(), scores.tolist()))]
+
+    def _positions(self, rows: np.ndarray) -> np.ndarray:
+        """Index of each row in self.rows (arithmetic when the rows have no gaps, the usual case)."""
+        return rows - self.rows[0] if self._dense else np.searchsorted(self.rows, rows)
 
 
 def _catalog_rows(store: Store, encoder: str, target: str) -> tuple[np.ndarray, list[str], tuple[str, ...], list[tuple]]:

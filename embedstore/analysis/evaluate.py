@@ -1,0 +1,354 @@
+"""`embedstore eval`: the papers' evaluation of one vector set, each task only where its labels exist.
+
+Tasks (metric functions in analysis/metrics.py):
+- ef_probe: EF < 50% linear probe (R3D paper's table). StandardScaler + LogisticRegression(C=1) fit
+  on TRAIN; the decision threshold maximises Youden's J on VAL (0.5 when VAL lacks a class);
+  AUC, AUPRC, accuracy, F1, precision, recall, specificity on TEST.
+- ef_regression: StandardScaler + Ridge, alpha chosen on VAL by MAE; MAE, RMSE, R^2 on TEST.
+- knn_ef: mean EF of the k = 10 and 50 most cosine-similar TRAIN videos of each TEST video; MAE.
+- same_patient: AUC of the cosine of video pairs for "same patient" (all pairs, or every same-patient
+  pair plus a seeded sample of the others when there are many), and mean cosines for different
+  patients / same patient (same study, other study) - EchoCLIP-R's figure. Uses every video: the
+  encoder was not trained here.
+- retrieval: video <-> report (reports link to videos by video_id, else by study_id): mean and median
+  rank each way, MCMRR (the mean of the two mean ranks), recall@1/5/10; every video and report.
+- zero_shot_ef: echoclip / echoclip-r only, the FACTS.md procedure (encoders/echoclip.zero_shot_ef)
+  on the TEST videos whose files exist: MAE, and AUC for EF < 50% with the predicted EF as score.
+  Needs the encoder's weights (a random-init text tower predicts noise: skipped unless a model is given).
+Splits: the store's TRAIN/VAL/TEST when every video has one, else a seeded 70/15/15 split by patient.
+Intervals: percentile bootstrap (seeded) over TEST videos, or over pairs for same-patient AUC.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from embedstore.analysis import metrics as M
+from embedstore.analysis.views import RANDOM_INIT, video_labels
+from embedstore.errors import EmbedstoreError
+from embedstore.store import Store
+
+EF_CUTOFF = 50.0
+SPLITS = ("TRAIN", "VAL", "TEST")
+SEEDED_SHARES = (0.70, 0.15)  # TRAIN, VAL; the rest is TEST
+PROBE_C = 1.0
+RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+RIDGE_DEFAULT_ALPHA = 1.0
+KNN_K = (10, 50)
+MAX_PAIRS = 200_000
+ZERO_SHOT_ENCODERS = ("echoclip", "echoclip-r")
+ZERO_SHOT_BATCH = 16  # videos decoded at a time: the 202 prompts are embedded once per batch
+TITLES = {"ef_probe": "EF<50% linear probe", "ef_regression": "EF ridge regression", "knn_ef": "kNN EF estimate",
+          "same_patient": "same patient", "retrieval": "video<->report retrieval", "zero_shot_ef": "zero-shot EF"}
+
+
+class Skip(Exception):
+    """A task that cannot run on this store; the message says which labels are missing."""
+
+
+@dataclass
+class Data:
+    """One vector set with its labels, row-aligned, and the split every task uses."""
+
+    store: Store
+    encoder: str
+    ids: list[str]
+    vectors: np.ndarray
+    ef: np.ndarray  # float, NaN where unknown
+    patients: np.ndarray  # object, None where unknown
+    studies: np.ndarray
+    paths: list[str | None]
+    split: np.ndarray  # TRAIN / VAL / TEST
+    n_boot: int
+    seed: int
+    model: object = None
+
+    def mask(self, split: str) -> np.ndarray:
+        """Videos of `split` with an EF label."""
+        return (self.split == split) & ~np.isnan(self.ef)
+
+    def ci(self, statistic: Callable[[np.ndarray], float], n: int) -> list[float] | None:
+        return M.bootstrap_ci(statistic, n, self.n_boot, self.seed)
+
+
+def evaluate(store: Store, encoder: str, bootstrap: int = 1000, seed: int = 0, model=None) -> dict:
+    """Every task whose labels exist; see the module docstring. `model` overrides the zero-shot encoder."""
+    info = store.encoder_info(encoder)
+    data, split_source = load_data(store, encoder, bootstrap, seed, model)
+    random_init = info["weights_sha256"] == RANDOM_INIT
+    report = {
+        "warning": (f"WARNING: the {encoder} vectors come from RANDOM-INIT weights: these numbers describe a random "
+                    f"network, not a trained encoder; do not report them as {encoder}'s performance") if random_init else None,
+        "encoder": {"name": encoder, "random_init": random_init,
+                    **{k: info[k] for k in ("dim", "weights", "weights_sha256", "package_version", "preprocessing")}},
+        "store": str(store.path), "fingerprint": store.catalog.fingerprint(encoder, "videos"), "n_videos": len(data.ids),
+        "split": {"source": split_source, **{s: int((data.split == s).sum()) for s in SPLITS}},
+        "bootstrap": {"resamples": bootstrap, "seed": seed, "interval": "percentile 95%"},
+        "tasks": {}, "skipped": {},
+    }
+    for name, task in TASKS.items():
+        try:
+            report["tasks"][name] = task(data)
+        except Skip as why:
+            report["skipped"][name] = str(why)
+    return _json_ready(report)
+
+
+def _json_ready(value):
+    """NaN (an undefined metric) becomes None and numpy scalars plain numbers, so the report is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+def load_data(store: Store, encoder: str, n_boot: int, seed: int, model=None) -> tuple[Data, str]:
+    """The video vectors with their catalog labels and split, and where the split came from."""
+    ids, vectors = store.all_vectors(encoder, "videos")
+    labels = video_labels(store, ids, ["ef", "patient_id", "study_id", "split", "source_path"])
+    split, source = _split(labels["split"], labels["patient_id"], ids, seed)
+    ef = np.array([np.nan if v is None else float(v) for v in labels["ef"]], dtype=np.float64)
+    return Data(store, encoder, ids, vectors, ef, np.array(labels["patient_id"], dtype=object),
+                np.array(labels["study_id"], dtype=object), labels["source_path"], split, n_boot, seed, model), source
+
+
+def _split(stored: list, patients: list, ids: list[str], seed: int) -> tuple[np.ndarray, str]:
+    """The store's split when every video has one (and TRAIN and TEST exist), else a seeded patient-level one."""
+    split = np.array([str(s).strip().upper() if s is not None else "" for s in stored], dtype=object)
+    if len(split) and set(split) <= set(SPLITS) and {"TRAIN", "TEST"} <= set(split):
+        return split, "store"
+    groups = np.array([p if p is not None else f"video:{i}" for p, i in zip(patients, ids)], dtype=object)
+    unique = np.unique(groups.astype(str))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    cut1, cut2 = int(round(SEEDED_SHARES[0] * len(unique))), int(round(sum(SEEDED_SHARES) * len(unique)))
+    assigned = dict(zip(unique[order], ["TRAIN"] * cut1 + ["VAL"] * (cut2 - cut1) + ["TEST"] * (len(unique) - cut2)))
+    return (np.array([assigned[g] for g in groups.astype(str)], dtype=object),
+            f"seeded patient-level {SEEDED_SHARES[0]:.0%}/{SEEDED_SHARES[1]:.0%}/rest (seed {seed})")
+
+
+# -- tasks ----------------------------------------------------------------------------------
+def ef_probe(d: Data) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, val, test = d.mask("TRAIN"), d.mask("VAL"), d.mask("TEST")
+    y = d.ef < EF_CUTOFF
+    if not (_both_classes(y[train]) and _both_classes(y[test])):
+        raise Skip("needs EF labels on both sides of 50% in TRAIN and in TEST")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=5000))
+    probe.fit(d.vectors[train], y[train])
+    score = probe.predict_proba(d.vectors)[:, list(probe.classes_).index(True)]
+    if _both_classes(y[val]):
+        threshold, rule = M.youden_threshold(y[val], score[val]), "Youden's J on VAL"
+    else:
+        threshold, rule = 0.5, "0.5 (VAL lacks one class)"
+    yt, st = y[test], score[test]
+    groups, n_groups = M.score_groups(st)
+    return {"n": int(test.sum()), "metrics": M.classification_metrics(yt, st, threshold),
+            "ci95": {"auc": d.ci(lambda i: M.grouped_auc(groups, n_groups, yt, np.bincount(i, minlength=len(yt))), len(yt)),
+                     "auprc": d.ci(lambda i: M.auprc(yt[i], st[i]), len(yt))},
+            "details": {"model": f"StandardScaler + LogisticRegression(C={PROBE_C}) on TRAIN", "threshold": threshold,
+                        "threshold_rule": rule, "n_train": int(train.sum()), "n_val": int(val.sum()),
+                        "test_positives": int(yt.sum())}}
+
+
+def ef_regression(d: Data) -> dict:
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, val, test = d.mask("TRAIN"), d.mask("VAL"), d.mask("TEST")
+    if train.sum() < 2 or test.sum() < 1:
+        raise Skip("needs EF labels in TRAIN (at least 2) and TEST")
+
+    def fit(alpha: float):
+        return make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(d.vectors[train], d.ef[train])
+
+    if val.any():
+        alpha = min(RIDGE_ALPHAS, key=lambda a: float(np.abs(fit(a).predict(d.vectors[val]) - d.ef[val]).mean()))
+        rule = "lowest MAE on VAL"
+    else:
+        alpha, rule = RIDGE_DEFAULT_ALPHA, "default (no VAL labels)"
+    truth, pred = d.ef[test], fit(alpha).predict(d.vectors[test])
+    return {"n": int(test.sum()), "metrics": M.regression_metrics(truth, pred),
+            "ci95": {"mae": d.ci(lambda i: float(np.abs(pred[i] - truth[i]).mean()), len(truth))},
+            "details": {"model": "StandardScaler + Ridge on TRAIN", "alpha": alpha, "alpha_rule": rule,
+                        "alphas": list(RIDGE_ALPHAS), "n_train": int(train.sum())}}
+
+
+def knn_ef(d: Data) -> dict:
+    train, test = d.mask("TRAIN"), d.mask("TEST")
+    if not train.any() or not test.any():
+        raise Skip("needs EF labels in TRAIN and TEST")
+    truth, out, ci, used = d.ef[test], {}, {}, {}
+    for k in KNN_K:
+        err = np.abs(M.knn_mean(d.vectors[train], d.ef[train], d.vectors[test], k) - truth)
+        out[f"mae_k{k}"] = float(err.mean())
+        ci[f"mae_k{k}"] = d.ci(lambda i, err=err: float(err[i].mean()), len(err))
+        used[f"k{k}"] = min(k, int(train.sum()))
+    return {"n": int(test.sum()), "metrics": out, "ci95": ci,
+            "details": {"neighbours": "cosine, TRAIN videos, TEST queries", "k_used": used, "n_train": int(train.sum())}}
+
+
+def same_patient(d: Data) -> dict:
+    known = np.array([p is not None for p in d.patients])
+    idx = np.flatnonzero(known)
+    patients, studies = d.patients[idx].astype(str), d.studies[idx]
+    if len(set(patients)) < 2 or len(set(patients)) == len(patients):
+        raise Skip("needs patient ids with at least two patients and one patient with two videos")
+    i, j = M.video_pairs(patients, MAX_PAIRS, np.random.default_rng(d.seed))
+    cosine = M.pair_cosines(d.vectors[idx], i, j)
+    same = patients[i] == patients[j]
+    has_study = np.array([s is not None for s in studies])
+    both = has_study[i] & has_study[j]
+    same_study = same & both & (studies[i] == studies[j])
+    other_study = same & both & (studies[i] != studies[j])
+    groups, n_groups = M.score_groups(cosine)
+    means = {"mean_cosine_different_patients": float(cosine[~same].mean()), "mean_cosine_same_patient": float(cosine[same].mean())}
+    if same_study.any():
+        means["mean_cosine_same_study"] = float(cosine[same_study].mean())
+    if other_study.any():
+        means["mean_cosine_other_study"] = float(cosine[other_study].mean())
+    return {"n": int(len(cosine)),
+            "metrics": {"auc": M.grouped_auc(groups, n_groups, same), **means},
+            "ci95": {"auc": d.ci(lambda r: M.grouped_auc(groups, n_groups, same, np.bincount(r, minlength=len(same))), len(same))},
+            "details": {"pairs": int(len(cosine)), "same_patient_pairs": int(same.sum()), "videos": int(len(idx)),
+                        "patients": int(len(set(patients))),
+                        "sampled": bool(len(idx) * (len(idx) - 1) // 2 > MAX_PAIRS),
+                        "interval": "pairs resampled as independent units (pairs share videos: a little narrow)"}}
+
+
+def retrieval(d: Data) -> dict:
+    catalog = d.store.catalog
+    if not catalog.embedding_map(d.encoder, "reports"):
+        raise Skip(f"no report vectors for {d.encoder} (encode reports with a text encoder: --target reports)")
+    report_ids, report_vectors = d.store.all_vectors(d.encoder, "reports")
+    links = {r[0]: (r[1], r[2]) for r in catalog.query("SELECT report_id, study_id, video_id FROM reports")}
+    position = {v: k for k, v in enumerate(d.ids)}
+    by_study: dict[str, list[int]] = {}
+    for k, study in enumerate(d.studies):
+        if study is not None:
+            by_study.setdefault(study, []).append(k)
+    videos_of = []  # per report: positions of its videos (by video_id, else by study)
+    for rid in report_ids:
+        study, video = links.get(rid, (None, None))
+        if video is not None:
+            videos_of.append([position[video]] if video in position else [])
+        else:
+            videos_of.append(by_study.get(study, []))
+    reports = [r for r, v in enumerate(videos_of) if v]
+    if not reports:
+        raise Skip("no report links to a video with a vector (reports need a video_id or a study_id with videos)")
+    reports_of: dict[int, list[int]] = {}
+    for r in reports:
+        for v in videos_of[r]:
+            reports_of.setdefault(v, []).append(r)
+    videos = sorted(reports_of)
+    v2r = M.retrieval_ranks(d.vectors[videos], report_vectors, [np.array(reports_of[v]) for v in videos])
+    r2v = M.retrieval_ranks(report_vectors[reports], d.vectors, [np.array(videos_of[r]) for r in reports])
+    out = {f"video_to_report_{k}": v for k, v in M.rank_metrics(v2r).items()}
+    out.update({f"report_to_video_{k}": v for k, v in M.rank_metrics(r2v).items()})
+    out["mcmrr"] = (out["video_to_report_mean_rank"] + out["report_to_video_mean_rank"]) / 2
+    return {"n": len(videos) + len(reports), "metrics": out, "ci95": {},
+            "details": {"video_queries": len(videos), "report_candidates": len(report_ids), "report_queries": len(reports),
+                        "video_candidates": len(d.ids), "rank": "1 + candidates scoring above the best correct one"}}
+
+
+def zero_shot_ef(d: Data) -> dict:
+    from embedstore.encoders.echoclip import zero_shot_ef as predict
+    from embedstore.video.read import read_video
+
+    if d.model is None and d.encoder not in ZERO_SHOT_ENCODERS:
+        raise Skip(f"needs an echoclip or echoclip-r vector set, not {d.encoder}")
+    test = [k for k in np.flatnonzero(d.mask("TEST")) if d.paths[k] and Path(d.paths[k]).is_file()]
+    if not test:
+        raise Skip("no TEST video with an EF label and a readable file")
+    model = d.model if d.model is not None else _stored_model(d)
+    preds, kept, failed = [], [], 0
+    for start in range(0, len(test), ZERO_SHOT_BATCH):
+        batch, videos = [], []
+        for k in test[start : start + ZERO_SHOT_BATCH]:
+            try:
+                videos.append(read_video(d.paths[k]))
+                batch.append(k)
+            except EmbedstoreError:
+                failed += 1
+        if videos:
+            preds.append(predict(model, videos))
+            kept.extend(batch)
+    if not kept:
+        raise Skip("no TEST video could be read")
+    truth, pred = d.ef[kept], np.concatenate(preds).astype(np.float64)
+    y = truth < EF_CUTOFF
+    err = np.abs(pred - truth)
+    return {"n": len(kept), "metrics": {"mae": float(err.mean()), "auc": M.auc(y, -pred)},
+            "ci95": {"mae": d.ci(lambda i: float(err[i].mean()), len(err)),
+                     "auc": d.ci(lambda i: M.auc(y[i], -pred[i]), len(y))},
+            "details": {"procedure": "202 EF prompts, frames 0..40 stride 2, top 20% ranks, median (FACTS.md)",
+                        "auc_score": "minus the predicted EF", "unreadable": failed}}
+
+
+def _stored_model(d: Data):
+    """The encoder that made the store's vectors, rebuilt and verified from its provenance."""
+    from embedstore.index.search import QueryEncoder
+
+    query = QueryEncoder(d.store, d.encoder)
+    if query.info["weights_sha256"] == RANDOM_INIT:
+        raise Skip("random-init weights: zero-shot EF from a random text tower is noise (pass a model to force it)")
+    try:
+        return query.model
+    except EmbedstoreError as exc:
+        raise Skip(f"cannot rebuild {d.encoder}: {exc.message}") from None
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return 0 < int(y.sum()) < len(y)
+
+
+TASKS: dict[str, Callable[[Data], dict]] = {
+    "ef_probe": ef_probe, "ef_regression": ef_regression, "knn_ef": knn_ef,
+    "same_patient": same_patient, "retrieval": retrieval, "zero_shot_ef": zero_shot_ef,
+}
+
+
+# -- formatting -----------------------------------------------------------------------------
+def to_markdown(report: dict) -> str:
+    """The report as markdown: the random-init warning first, provenance, one table, then details."""
+    enc, split = report["encoder"], report["split"]
+    lines = [report["warning"], ""] if report["warning"] else []
+    lines += [f"# Evaluation: {enc['name']} vectors of {report['store']}", "",
+              f"- encoder: {enc['name']}, dim {enc['dim']}, weights {enc['weights']} "
+              f"(sha256 {enc['weights_sha256']}), embedstore {enc['package_version']}",
+              f"- videos: {report['n_videos']}; split: {split['source']} (TRAIN {split['TRAIN']}, VAL {split['VAL']}, "
+              f"TEST {split['TEST']})",
+              f"- 95% intervals: percentile bootstrap, {report['bootstrap']['resamples']} resamples, "
+              f"seed {report['bootstrap']['seed']}", "",
+              "| task | metric | value | 95% CI | n |", "|---|---|---|---|---|"]
+    for name, task in report["tasks"].items():
+        for metric, value in task["metrics"].items():
+            ci = task["ci95"].get(metric)
+            lines.append(f"| {TITLES[name]} | {metric} | {_fmt(value)} | "
+                         f"{f'{_fmt(ci[0])} - {_fmt(ci[1])}' if ci else ''} | {task['n']} |")
+    lines += ["", "## Details", ""]
+    lines += [f"- {TITLES[name]}: " + "; ".join(f"{k} {_fmt(v)}" for k, v in task["details"].items())
+              for name, task in report["tasks"].items()]
+    if report["skipped"]:
+        lines += ["", "## Skipped", ""] + [f"- {TITLES[name]}: {why}" for name, why in report["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return str(value)

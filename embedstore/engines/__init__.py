@@ -1,0 +1,32 @@
+"""Encode engines: `local` (reader threads on this machine, embedstore.encode) and `ray` (a Ray cluster).
+
+Both run the same reader job (encode.prepare_one) and the same Encoder.embed_prepared, and commit
+through Store.writer, so they give the same vectors for the same videos. Ray is an optional
+dependency (`pip install 'embedstore[ray]'`), imported only when the ray engine runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+from embedstore.encode import EncodeSummary, encode_store
+from embedstore.encoders import Encoder
+from embedstore.errors import BadInput
+from embedstore.store import Store
+
+ENGINES = ("local", "ray")
+
+
+def encode_with(engine: str, store: Store, encoder: Encoder, batch_size: int = 8, workers: int = 2,
+                target: str = "videos", progress: bool = True, ray_address: str | None = None,
+                gpus_per_worker: float = 1.0, cpus_per_decode: float = 1.0) -> EncodeSummary:
+    """Run `encode` on the chosen engine (`workers` is the local engine's, the rest the ray engine's)."""
+    if engine == "local":
+        return encode_store(store, encoder, batch_size=batch_size, workers=workers, target=target, progress=progress)
+    if engine != "ray":
+        raise BadInput(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if importlib.util.find_spec("ray") is None:
+        raise BadInput("--engine ray needs Ray Data: pip install 'embedstore[ray]'")
+    from embedstore.engines.ray import encode_store_ray
+
+    return encode_store_ray(store, encoder, batch_size=batch_size, address=ray_address, gpus_per_worker=gpus_per_worker,
+                            cpus_per_decode=cpus_per_decode, progress=progress, target=target)

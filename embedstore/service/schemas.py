@@ -1,0 +1,162 @@
+"""Request and response models of the REST service (pydantic v2); the OpenAPI schema at /docs comes from them.
+
+Requests refuse unknown fields, so a misspelt option is a 422 rather than silently ignored. Responses
+mirror what the library returns (`SearchResult.to_dict()`, `similar()`), under the names the API
+promises (`results`, `encoder_provenance`).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Target = Literal["videos", "reports"]
+MAX_DIM = 16_384  # longer than any encoder's output: refused by the schema, before any parsing work
+MAX_TEXT = 10_000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors -------------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable name, e.g. not_found, bad_input, busy, timeout")
+    message: str = Field(description="one line naming the problem and the fix")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# -- store ---------------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    videos: int
+    encoders: list[str]
+    indexes_loaded: list[str] = Field(description="'<encoder>.<target>' of every index held in memory")
+
+
+class EncoderSet(BaseModel):
+    """One encoder's vectors in this store, with the provenance a search result carries."""
+
+    name: str
+    dim: int
+    modalities: list[str]
+    weights_sha256: str
+    random_init: bool
+    package_version: str | None = None
+    preprocessing: dict[str, Any]
+    vectors: dict[str, int] = Field(description="target (videos, reports) -> number of vectors")
+    indexed: list[str] = Field(description="targets with a loaded index (searchable)")
+
+
+class Encoders(BaseModel):
+    encoders: list[EncoderSet]
+
+
+class VideoRecord(BaseModel):
+    video_id: str
+    metadata: dict[str, Any] = Field(description="the catalog row")
+    encoders: list[str] = Field(description="encoders with a vector for this video")
+
+
+# -- search --------------------------------------------------------------------------------------
+class Query(Strict):
+    """Exactly one of video_id, vector, text, report."""
+
+    video_id: str | None = Field(None, min_length=1, max_length=512, description="a stored video id")
+    vector: list[float] | None = Field(None, min_length=1, max_length=MAX_DIM, description="normalised by the server")
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT, description="free text (text encoders)")
+    report: str | None = Field(None, min_length=1, max_length=MAX_TEXT,
+                               description="a stored report id, or report text (text encoders)")
+
+    @model_validator(mode="after")
+    def one_query(self) -> "Query":
+        given = [name for name in ("video_id", "vector", "text", "report") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of video_id, vector, text, report (got {', '.join(given) or 'none'})")
+        return self
+
+
+class SearchOptions(Strict):
+    """What every search takes; with an uploaded video these come as multipart form fields."""
+
+    encoder: str = Field(min_length=1, max_length=128)
+    k: int = Field(10, ge=1, description="number of neighbours; the service's max_k bounds it (400 above)")
+    target: Target = "videos"
+    where: str | None = Field(None, max_length=4000, description="DuckDB expression over the catalog, e.g. split = 'TEST' AND ef < 40")
+    same_patient: bool = Field(False, description="one hit per patient: its best video and how many were near")
+
+
+class SearchRequest(SearchOptions):
+    query: Query
+    exclude_self: bool = Field(True, description="leave the query video out of a video_id search")
+
+
+class Hit(BaseModel):
+    rank: int
+    id: str
+    score: float = Field(description="cosine similarity")
+    metadata: dict[str, Any]
+    count: int | None = Field(None, description="same_patient: this patient's videos among the neighbours")
+
+
+class EfEstimate(BaseModel):
+    mean: float
+    std: float
+    n: int
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    filtered_out: int = Field(description="rows the where filter removed")
+    encoder_provenance: dict[str, Any]
+    took_ms: float
+    ef_estimate: EfEstimate | None = Field(description="mean and SD of the neighbours' EF labels")
+    query: dict[str, Any]
+
+    @classmethod
+    def of(cls, result: dict) -> "SearchResponse":
+        """From `SearchResult.to_dict()`."""
+        return cls(results=result["hits"], filtered_out=result["filtered_out"], encoder_provenance=result["provenance"],
+                   took_ms=result["took_ms"], ef_estimate=result["ef_estimate"], query=result["query"])
+
+
+# -- similarity and views ------------------------------------------------------------------------
+class SimilarityRequest(Strict):
+    encoder: str = Field(min_length=1, max_length=128)
+    a: str = Field(min_length=1, max_length=512, description="a stored video id")
+    b: str = Field(min_length=1, max_length=512, description="a stored video id")
+
+
+class SimilarityResponse(BaseModel):
+    a: str
+    b: str
+    encoder: str
+    cosine: float
+    same_patient_probability: float | None = Field(description="calibrated on the store's labelled pairs; null without any")
+    calibration: dict[str, Any]
+
+
+class UploadSimilarityForm(Strict):
+    encoder: str = Field(min_length=1, max_length=128)
+
+
+class View(BaseModel):
+    """A stored 2-D map (`embedstore view`), as analysis.views.load_view returns it."""
+
+    model_config = ConfigDict(extra="allow")  # method-specific extras, e.g. PCA's explained_variance_ratio
+
+    encoder: str
+    method: Literal["umap", "pca"]
+    n: int
+    stale: bool = Field(description="the vectors changed since the view was computed")
+    random_init: bool
+    params: dict[str, Any]
+    seed: int
+    ids: list[str]
+    x: list[float]
+    y: list[float]
+    labels: dict[str, list[Any]] = Field(description="catalog column -> one value per id")
