@@ -183,9 +183,9 @@ def table(n: int, dim: int, n_queries: int, rows: list[tuple[str, dict, dict]], 
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, built, m in rows:
         side, load, end = m["side"], m["rss_load"], m["rss_end"]
-        peak = f"{built['peak_rss']:.2f} ({built['peak_anon']:.2f})" if built else "-"
+        build_s, peak = (f"{built['build_seconds']:.0f}", f"{built['peak_rss']:.2f} ({built['peak_anon']:.2f})") if built else ("-", "-")
         lines.append(
-            f"| {label} | {m['params']} | {m['recall']:.3f} | {built.get('build_seconds', float('nan')):.0f} | {peak} | "
+            f"| {label} | {m['params']} | {m['recall']:.3f} | {build_s} | {peak} | "
             f"{side['index_bytes'] / 1e9:.2f} | {load['VmRSS']:.2f} ({load['RssAnon']:.2f}) | {m['single_qps']:,.0f} | "
             f"{m['p50']:.2f} | {m['p99']:.2f} | {m['qps_1']:,.0f} | {m['qps_all']:,.0f} | {end['VmRSS']:.2f} ({end['RssAnon']:.2f}) |")
     return "\n".join(lines)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +148,15 @@ def test_rerun_merges_a_dead_runs_shards_and_encodes_only_what_is_missing(local_
     assert summary.failed == [] and summary.already == 4 and summary.added == SUBSET - 4
     assert_same_as_local(path, local_vectors)
 
+
+
+@pytest.mark.slow
+def test_a_ray_started_by_embedstore_is_local_and_shut_down_after():
+    code = ("import os, ray\n"
+            "from embedstore.engines.ray import ray_session\n"
+            "with ray_session(None):\n"
+            "    assert ray.is_initialized() and os.environ['RAY_USAGE_STATS_ENABLED'] == '0'\n"
+            "assert not ray.is_initialized()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

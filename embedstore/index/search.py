@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -58,7 +58,8 @@ class SearchResult:
 
     def to_dict(self) -> dict:
         """JSON-ready; the REST service returns exactly this."""
-        return {"hits": [asdict(h) for h in self.hits], "filtered_out": self.filtered_out,
+        hits = [{"rank": h.rank, "id": h.id, "score": h.score, "metadata": h.metadata, "count": h.count} for h in self.hits]
+        return {"hits": hits, "filtered_out": self.filtered_out,
                 "provenance": self.provenance, "took_ms": self.took_ms, "ef_estimate": self.ef_estimate,
                 "query": self.query}
 
@@ -181,6 +182,11 @@ class Searcher:
         self.query_encoder = QueryEncoder(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
 
+    @cached_property
+    def _row_of_id(self) -> dict[str, int]:
+        """id -> HDF5 row, so an id query needs no catalog round trip."""
+        return {item: int(row) for item, row in zip(self.ids, self.rows)}
+
     # -- queries ------------------------------------------------------------------------------
     def search_vector(self, vector, k: int = 10, where: str | None = None, exclude_ids=(),
                       same_patient: bool = False) -> SearchResult:
@@ -192,7 +198,9 @@ class Searcher:
                   same_patient: bool = False) -> SearchResult:
         """Neighbours of a stored video's vector (itself left out unless exclude_self=False)."""
         start = time.perf_counter()
-        vector = self.store.get_vectors(self.encoder, [video_id], "videos")
+        row = self._row_of_id.get(video_id) if self.target == "videos" else None
+        vector = (self.store.vectors.read_rows(self.encoder, "videos", np.array([row])) if row is not None
+                  else self.store.get_vectors(self.encoder, [video_id], "videos"))  # reports target, or a clear NotFound
         exclude = (video_id,) if exclude_self and self.target == "videos" else ()
         return self._search(vector, k, where, exclude, same_patient, {"kind": "id", "id": video_id}, start)
 

@@ -54,7 +54,9 @@ class Catalog:
     def __init__(self, path: Path, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
-        self.con = duckdb.connect(str(self.path), read_only=read_only)
+        # Read-only catalogs serve user filters (--where, REST): no file or network access from SQL.
+        config = {"enable_external_access": False} if read_only else {}
+        self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         if not read_only:
             self.con.execute(SCHEMA)
             if self.get_meta("salt") is None:
