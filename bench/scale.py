@@ -31,6 +31,7 @@ import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -140,10 +141,9 @@ def memory_status() -> dict:
 
 def run_phase(name: str, fn, *args) -> dict:
     """fn(*args) in a fresh process; its result plus wall time and peak RSS (GB)."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         started = time.perf_counter()
-        result = pool.apply(_with_peak, (fn, *args))
+        result = pool.submit(_with_peak, fn, *args).result()
     result["seconds"] = time.perf_counter() - started
     log(f"{name}: {result['seconds']:.0f} s, peak RSS {result['peak_rss']:.2f} GB (anon {result['peak_anon']:.2f} GB)")
     return result
