@@ -11,22 +11,19 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from embedstore.service.app import create_app
 from embedstore.service.settings import Settings
 from embedstore.store import open_store
+from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -133,24 +130,6 @@ class Tab:
         self.ws.close()
 
 
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """A real uvicorn server for `app` on a free loopback port, in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def chromium_or_skip() -> Path:

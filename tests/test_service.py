@@ -8,16 +8,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,29 +26,12 @@ from embedstore.service.state import ServiceState
 from embedstore.store import open_store
 from embedstore.video.read import read_video
 from tests.dicom_files import write_dicom
+from tests.servers import serving
 
 PATIENTS = 3  # of the phantom cohort's 20, x 3 videos: enough for same-patient pairs, quick to encode
 UPLOAD_LIMIT = 2 * 1024 * 1024
 
 
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """A real uvicorn server for `app` on a free loopback port, in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 @pytest.fixture(scope="session")
