@@ -122,6 +122,7 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(trained, st
     ("no_such_column < 50", "no_such_column"),
     ("ef", "not yes/no"),
     ("ef < 50; DELETE FROM videos", "';'"),
+    ("ef < (SELECT count(*) FROM read_csv('/etc/hostname'))", "file system operations are disabled"),
     (" ", "empty"),
 ])
 def test_bad_label_is_one_line(store, label, says):

@@ -33,14 +33,18 @@ def _number(kind, text: str, where: str, column: str):
     return value
 
 
+def _open_csv(path: Path):
+    """Open a CSV as text (BOM tolerated), with a one-line error when it cannot be opened."""
+    try:
+        return open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot open ({exc.strerror})") from exc
+
+
 def read_filelist(path: Path) -> list[dict]:
     """FileList.csv -> catalog label rows keyed by video_id (FileName without .avi)."""
     path = Path(path)
-    try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot open ({exc.strerror})") from exc
-    with fh:
+    with _open_csv(path) as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         missing = [c for c in FILELIST_REQUIRED if c not in header]
@@ -70,11 +74,7 @@ def read_filelist(path: Path) -> list[dict]:
 def read_reports(path: Path) -> list[dict]:
     """reports.csv with columns report_id, text and at least one of study_id / video_id."""
     path = Path(path)
-    try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot open ({exc.strerror})") from exc
-    with fh:
+    with _open_csv(path) as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         if "text" not in header or not ({"study_id", "video_id"} & set(header)):
