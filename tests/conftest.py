@@ -31,3 +31,27 @@ def ingested_store(phantom_cohort, tmp_path_factory) -> Path:
     with open_store(path, create=True) as store:
         ingest(phantom_cohort, store, reports=phantom_cohort / "reports.csv", progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def served_store(ingested_store, tmp_path_factory) -> Path:
+    """The phantom store cut to 3 patients (9 videos), encoded with random-init r3d, indexed, with a
+    PCA view: what the service and browser tests serve (read-only use)."""
+    import shutil
+
+    from embedstore.analysis.views import compute_view
+    from embedstore.encode import encode_store
+    from embedstore.encoders import get_encoder
+    from embedstore.index.build import build_index
+    from embedstore.store import open_store
+
+    path = tmp_path_factory.mktemp("served") / "store"
+    shutil.copytree(ingested_store, path)
+    with open_store(path) as store:
+        store.catalog.con.execute("DELETE FROM videos WHERE patient_id NOT IN "
+                                  "(SELECT DISTINCT patient_id FROM videos ORDER BY 1 LIMIT 3)")
+        encode_store(store, get_encoder("r3d", random_init=True, device="cpu"), progress=False)
+    with open_store(path, read_only=True) as store:
+        build_index(store, "r3d", progress=False)
+        compute_view(store, "r3d", "pca")
+    return path

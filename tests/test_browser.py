@@ -31,7 +31,6 @@ CHROMIUM = Path(os.environ.get("EMBEDSTORE_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--remote-debugging-port=0", "--window-size=1360,900", "--hide-scrollbars"]
-PATIENTS = 3  # x 3 videos = k + 1: an id search fills all k cards, and encoding stays quick
 K = 8  # the page's default k
 TOKEN = "browser-test-token"
 
@@ -171,27 +170,8 @@ def tab() -> Iterator[Tab]:
 
 
 @pytest.fixture(scope="module")
-def browser_store(ingested_store, tmp_path_factory) -> Path:
-    """The phantom store cut to PATIENTS patients, encoded with random-init r3d, indexed, with a PCA view.
-
-    PCA rather than UMAP: UMAP's first run compiles numba code for tens of seconds; the page takes
-    whichever stored view exists.
-    """
-    from embedstore.analysis.views import compute_view
-    from embedstore.encode import encode_store
-    from embedstore.encoders import get_encoder
-    from embedstore.index.build import build_index
-
-    path = tmp_path_factory.mktemp("browser") / "store"
-    shutil.copytree(ingested_store, path)
-    with open_store(path) as store:
-        store.catalog.con.execute("DELETE FROM videos WHERE patient_id NOT IN "
-                                  "(SELECT DISTINCT patient_id FROM videos ORDER BY 1 LIMIT ?)", [PATIENTS])
-        encode_store(store, get_encoder("r3d", random_init=True, device="cpu"), progress=False)
-    with open_store(path, read_only=True) as store:
-        build_index(store, "r3d", progress=False)
-        compute_view(store, "r3d", "pca")
-    return path
+def browser_store(served_store) -> Path:
+    return served_store
 
 
 @pytest.fixture(scope="module")

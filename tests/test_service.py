@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,30 +27,15 @@ from embedstore.video.read import read_video
 from tests.dicom_files import write_dicom
 from tests.servers import serving
 
-PATIENTS = 3  # of the phantom cohort's 20, x 3 videos: enough for same-patient pairs, quick to encode
+PATIENTS = 3  # the served_store fixture keeps 3 of the cohort's 20 patients, x 3 videos
 UPLOAD_LIMIT = 2 * 1024 * 1024
 
 
 
 
 @pytest.fixture(scope="session")
-def service_store(ingested_store, tmp_path_factory) -> Path:
-    """The phantom store cut to PATIENTS patients, encoded with random-init r3d, indexed, with a PCA view."""
-    from embedstore.analysis.views import compute_view
-    from embedstore.encode import encode_store
-    from embedstore.encoders import get_encoder
-    from embedstore.index import build_index
-
-    path = tmp_path_factory.mktemp("service") / "store"
-    shutil.copytree(ingested_store, path)
-    with open_store(path) as store:
-        store.catalog.con.execute("DELETE FROM videos WHERE patient_id NOT IN "
-                                  "(SELECT DISTINCT patient_id FROM videos ORDER BY 1 LIMIT ?)", [PATIENTS])
-        encode_store(store, get_encoder("r3d", random_init=True, device="cpu"), progress=False)
-    with open_store(path, read_only=True) as store:
-        build_index(store, "r3d", progress=False)
-        compute_view(store, "r3d", "pca")
-    return path
+def service_store(served_store) -> Path:
+    return served_store
 
 
 @pytest.fixture(scope="session")
