@@ -146,7 +146,8 @@ class Trainer:
     def _inputs(self, examples: list[Example], rng: np.random.Generator | None):
         """(example, prepared input) in order, decoded ahead; unreadable videos are recorded once and skipped."""
         items = [(e.video_id, e.path) for e in examples]
-        stream = prepared_stream(items, self.preparer, self.cfg.workers, ahead=2 * self.cfg.batch_size + self.cfg.workers)
+        ahead = 2 * self.cfg.batch_size + self.cfg.workers
+        stream = prepared_stream(items, self.preparer, self.cfg.workers, ahead=ahead)
         for example, (video_id, result) in zip(examples, stream):
             if isinstance(result, str):
                 if video_id not in self._failed:
@@ -180,8 +181,8 @@ class Trainer:
             "counts": cohort.counts(), "recipe": self.cfg.recipe(), "epochs": self.cfg.epochs,
             "init": self.init, "device": self.device, "precision": self.precision,
             "best_epoch": self.best_epoch, "val": next(h["val"] for h in self.history if h["epoch"] == self.best_epoch),
-            "test": test, "history": self.history, "checkpoint": str(self.out), "checkpoint_sha256": sha256_file(self.out),
-            "metrics_file": str(checkpoint.metrics_path(self.out)),
+            "test": test, "history": self.history, "checkpoint": str(self.out),
+            "checkpoint_sha256": sha256_file(self.out), "metrics_file": str(checkpoint.metrics_path(self.out)),
             "failed": sorted(self._failed), "run_id": self.run.run_id, "package_version": embedstore.__version__,
         }
         checkpoint.save_metrics(self.out, metrics)
