@@ -107,6 +107,16 @@ def test_exclude_self_and_include_self(ro):
     assert first.id == "v00042" and first.score == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("n_excluded", [3, 100])  # a short list and one past the np.isin threshold
+def test_excluded_ids_are_left_out_and_the_rest_is_exact(ro, n_excluded):
+    searcher = Searcher(ro, "toy")
+    query = ro.get_vectors("toy", ["v00007"])[0]
+    ranked = [h.id for h in searcher.search_vector(query, k=N).hits]
+    excluded = ranked[:n_excluded:2] + ranked[-n_excluded // 2:]
+    hits = searcher.search_vector(query, k=20, exclude_ids=excluded).hits
+    assert [h.id for h in hits] == [i for i in ranked if i not in set(excluded)][:20]
+
+
 def test_same_patient_groups_neighbours_by_patient(ro):
     result = Searcher(ro, "toy").search_id("v00003", k=8, same_patient=True)
     patients = [h.metadata["patient_id"] for h in result.hits]

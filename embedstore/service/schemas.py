@@ -117,11 +117,12 @@ class SearchResponse(BaseModel):
     ef_estimate: EfEstimate | None = Field(description="mean and SD of the neighbours' EF labels")
     query: dict[str, Any]
 
-    @classmethod
-    def of(cls, result: dict) -> "SearchResponse":
-        """From `SearchResult.to_dict()`."""
-        return cls(results=result["hits"], filtered_out=result["filtered_out"], encoder_provenance=result["provenance"],
-                   took_ms=result["took_ms"], ef_estimate=result["ef_estimate"], query=result["query"])
+    @staticmethod
+    def body(result: dict) -> dict:
+        """`SearchResult.to_dict()` under the API's names; the routes send it without re-validating it."""
+        return {"results": result["hits"], "filtered_out": result["filtered_out"],
+                "encoder_provenance": result["provenance"], "took_ms": result["took_ms"],
+                "ef_estimate": result["ef_estimate"], "query": result["query"]}
 
 
 # -- similarity and views ------------------------------------------------------------------------
