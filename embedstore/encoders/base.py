@@ -113,11 +113,12 @@ class Encoder(ABC):
         import torch.nn.functional as F
 
         x = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             y = fn(x)
         return F.normalize(y.float(), dim=-1).cpu().numpy()
 
-    def _autocast(self):
+    def autocast(self):
+        """Mixed precision on CUDA (bf16 where supported, else fp16), nothing on CPU; training uses it too."""
         import torch
 
         if not self.device.startswith("cuda"):

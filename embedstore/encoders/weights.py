@@ -19,7 +19,7 @@ from embedstore.errors import WeightsNotFound
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _R3D_RAW = "https://media.githubusercontent.com/media/Team-Echo-MIT/r3d-v0-embeddings/main"
-_KINETICS_FETCH = "python -c \"import torchvision; torchvision.models.video.r3d_18(weights='KINETICS400_V1')\""
+KINETICS_FETCH = "python -c \"import torchvision; torchvision.models.video.r3d_18(weights='KINETICS400_V1')\""
 
 
 def _hf_fetch(repo: str, encoder: str) -> str:
@@ -52,7 +52,7 @@ WEIGHTS: dict[str, NamedWeights] = {
             files=("r3d_o_sp4.pt", "r3d_binary_111723.pt", "r3d_18-b3b3357e.pth"),
             torch_hub_file="r3d_18-b3b3357e.pth",
             fetch=f"curl -L --create-dirs -o $EMBEDSTORE_WEIGHTS/r3d/r3d_o_sp4.pt {_R3D_RAW}/r3d_o_sp4.pt"
-            f" (or the Kinetics-400 init: {_KINETICS_FETCH})",
+            f" (or the Kinetics-400 init: {KINETICS_FETCH})",
             licence="MIT (Team-Echo-MIT/r3d-v0-embeddings; Kinetics-400 init from torchvision, BSD-3-Clause);"
             " vectors of EchoNet-Dynamic videos carry its research-use agreement",
         ),

@@ -22,7 +22,7 @@ def parse_where(where: str) -> duckdb.Expression:
     try:
         return duckdb.SQLExpression(where)
     except duckdb.Error as exc:
-        raise BadInput(f"--where {where!r} is not a single SQL expression: {_first_line(exc)}") from None
+        raise BadInput(f"--where {where!r} is not a single SQL expression: {first_line(exc)}") from None
 
 
 def allowed_rows(store: Store, encoder: str, target: str, where: str) -> np.ndarray:
@@ -37,11 +37,11 @@ def allowed_rows(store: Store, encoder: str, target: str, where: str) -> np.ndar
             rows = embedded.join(items, column("item_id") == column(key), how="semi").select('"row"').fetchnumpy()["row"]
         except duckdb.Error as exc:
             columns = ", ".join(r[0] for r in con.execute(f"DESCRIBE {table}").fetchall())
-            raise BadInput(f"--where {where!r}: {_first_line(exc)} (columns of {table}: {columns})") from None
+            raise BadInput(f"--where {where!r}: {first_line(exc)} (columns of {table}: {columns})") from None
     return np.sort(np.asarray(rows, dtype=np.int64))
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     """DuckDB's message without its class prefix, candidate lists and FROM-clause jargon."""
     line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     for prefix in ("Parser Error: ", "Binder Error: ", "Conversion Error: ", "Catalog Error: "):

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 
 from embedstore.errors import BadInput
-from embedstore.index.filters import _first_line
+from embedstore.index.filters import first_line
 from embedstore.store import Store
 
 SPLITS = ("TRAIN", "VAL", "TEST")
@@ -54,7 +54,7 @@ def labelled_videos(store: Store, label: str) -> Cohort:
             rows = rel.fetchall() if kind == "BOOLEAN" else []
         except duckdb.Error as exc:
             columns = ", ".join(con.table("videos").columns)
-            raise BadInput(f"--label {label!r}: {_first_line(exc)} (columns of videos: {columns})") from None
+            raise BadInput(f"--label {label!r}: {first_line(exc)} (columns of videos: {columns})") from None
     if kind != "BOOLEAN":
         raise BadInput(f"--label {label!r} gives {kind}, not yes/no; write a condition such as \"ef < 50\"")
     splits = {s: [Example(v, p, float(y)) for v, p, split, y in rows if split == s and y is not None] for s in SPLITS}
@@ -83,7 +83,7 @@ def _parse(label: str) -> duckdb.Expression:
     try:
         return duckdb.SQLExpression(label)
     except duckdb.Error as exc:
-        raise BadInput(f"--label {label!r} is not one SQL expression: {_first_line(exc)}") from None
+        raise BadInput(f"--label {label!r} is not one SQL expression: {first_line(exc)}") from None
 
 
 def check_cohort(cohort: Cohort) -> None:

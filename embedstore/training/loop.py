@@ -53,7 +53,7 @@ class Trainer:
         self.device = self.encoder.device
         self.preparer = replace(self.encoder.preparer, period=cfg.period)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        dtype = getattr(self.encoder._autocast(), "fast_dtype", None)  # the encoder's own CUDA autocast choice
+        dtype = getattr(self.encoder.autocast(), "fast_dtype", None)  # the encoder's own CUDA autocast choice
         self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)  # fp16 gradients underflow
         self.epoch, self.best_epoch, self.best_auc, self.history = 0, 0, float("-inf"), []
@@ -112,7 +112,7 @@ class Trainer:
 
     def _backward(self, batch: list[tuple[Example, np.ndarray]]) -> float:
         x, y = self._tensors(batch)
-        with self.encoder._autocast():
+        with self.encoder.autocast():
             logits = self.model(self.encoder.normalise(x))
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         self.scaler.scale(loss / self.cfg.accumulate).backward()
@@ -133,7 +133,7 @@ class Trainer:
         with bar(total=len(examples), desc=split, unit="video", enabled=self.progress) as pbar, torch.inference_mode():
             for batch in batches(self._inputs(examples, None), self.cfg.batch_size):
                 x, y = self._tensors(batch)
-                with self.encoder._autocast():
+                with self.encoder.autocast():
                     logits = self.model(self.encoder.normalise(x))
                 probs.extend(torch.sigmoid(logits.float()).cpu().tolist())
                 labels.extend(y.cpu().tolist())

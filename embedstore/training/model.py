@@ -13,7 +13,7 @@ import torch
 from embedstore.config import weights_dir
 from embedstore.encoders import get_encoder
 from embedstore.encoders.r3d import R3D
-from embedstore.encoders.weights import _KINETICS_FETCH, WEIGHTS, torch_hub_checkpoints
+from embedstore.encoders.weights import KINETICS_FETCH, WEIGHTS, torch_hub_checkpoints
 from embedstore.errors import WeightsNotFound
 
 
@@ -42,7 +42,7 @@ def kinetics_weights() -> Path:
         if place.is_file():
             return place
     raise WeightsNotFound(f"--init kinetics needs {name} in {' or '.join(map(str, places))}; on a machine with "
-                          f"internet fetch it with: {_KINETICS_FETCH}; or pass --init random (recorded with the run)")
+                          f"internet fetch it with: {KINETICS_FETCH}; or pass --init random (recorded with the run)")
 
 
 def build(init: str, device: str, seed: int) -> tuple[R3D, R3DClassifier, dict]:
