@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.stats import spearmanr
 
-from embedstore.datasets.phantom import fan_mask, make_phantom
+from embedstore.datasets.phantom import _splits, fan_mask, make_phantom
 from embedstore.errors import BadInput
 from embedstore.video.read import read_video
 
@@ -87,9 +87,24 @@ def test_layout_counts_and_splits(cohort, rows):
     assert all(len({r["Split"] for r in v}) == 1 and len({r["StudyID"] for r in v}) == 1 for v in per_patient.values())
     splits = [v[0]["Split"] for v in per_patient.values()]
     assert {s: splits.count(s) for s in ("TRAIN", "VAL", "TEST")} == {"TRAIN": 16, "VAL": 2, "TEST": 2}
+    for split in ("VAL", "TEST"):  # stratified: a classifier can be selected on VAL and scored on TEST
+        assert {float(v[0]["EF"]) < 50 for v in per_patient.values() if v[0]["Split"] == split} == {True, False}
     reports = _read_csv(cohort["reports"])
     assert list(reports[0]) == ["report_id", "study_id", "patient_id", "text"]
     assert sorted(r["study_id"] for r in reports) == sorted({r["StudyID"] for r in rows})
+
+
+@pytest.mark.parametrize("patients", [1, 2, 3, 4, 5, 8, 12, 16, 20, 30, 60, 101])
+def test_splits_are_stratified_by_ef_class(patients):
+    low = set(range(0, patients, 3))  # about a third, as in the cohort
+    split = _splits(patients, low, np.random.default_rng(patients))
+    n_held = max(1, round(patients / 8)) if patients >= 4 else round(patients / 8)
+    assert split.count("VAL") == split.count("TEST") == n_held
+    for name in ("VAL", "TEST"):
+        classes = {p in low for p in range(patients) if split[p] == name}
+        if n_held >= 2:
+            assert classes == {True, False}
+    assert {p in low for p in range(patients) if split[p] == "TRAIN"} == {p in low for p in range(patients)}
 
 
 def test_labels_are_consistent_and_realistic(rows):

@@ -253,7 +253,7 @@ def _plan(patients: int, videos: int, studies: int, seed: int) -> list[_Study]:
     order = _rng(seed, 0).permutation(patients)
     n_low = max(1, round(_LOW_EF_SHARE * patients)) if patients >= 2 else int(_rng(seed, 1).random() < _LOW_EF_SHARE)
     low_ef = set(order[:n_low].tolist())
-    splits = _splits(patients, _rng(seed, 2))
+    splits = _splits(patients, low_ef, _rng(seed, 2))
     names: set[str] = set()
     cohort = []
     for p in range(patients):
@@ -269,13 +269,33 @@ def _plan(patients: int, videos: int, studies: int, seed: int) -> list[_Study]:
     return cohort
 
 
-def _splits(patients: int, rng: np.random.Generator) -> list[str]:
-    """TRAIN/VAL/TEST by patient, about 75/12.5/12.5, each non-empty from 4 patients up."""
-    n_val = n_test = round(patients / 8)
+def _splits(patients: int, low_ef: set[int], rng: np.random.Generator) -> list[str]:
+    """TRAIN/VAL/TEST by patient, about 75/12.5/12.5, each non-empty from 4 patients up, stratified by EF class.
+
+    TRAIN keeps at least one patient of each class; a VAL or TEST split of two or more patients holds
+    both classes when there are patients to spare, so a classifier trained on a small cohort can be
+    selected on VAL and scored on TEST.
+    """
+    n_held = round(patients / 8)
     if patients >= 4:
-        n_val, n_test = max(1, n_val), max(1, n_test)
-    labels = ["TEST"] * n_test + ["VAL"] * n_val + ["TRAIN"] * (patients - n_val - n_test)
-    return [labels[i] for i in np.argsort(rng.permutation(patients))]
+        n_held = max(1, n_held)
+    order = rng.permutation(patients).tolist()
+    low, high = [p for p in order if p in low_ef], [p for p in order if p not in low_ef]
+    split = ["TRAIN"] * patients
+    for name in ("TEST", "VAL"):
+        spare_low, spare_high = max(len(low) - 1, 0), max(len(high) - 1, 0)  # one of each stays in TRAIN
+        n_low = min(round(n_held * len(low_ef) / patients), spare_low)
+        if n_held >= 2 and spare_low and spare_high:
+            n_low = min(max(n_low, 1), n_held - 1)
+        n_high = min(n_held - n_low, spare_high)
+        n_low = min(n_held - n_high, spare_low)
+        if n_low + n_high < n_held:  # too few to spare: fill the split anyway
+            n_high = min(n_held - n_low, len(high))
+            n_low = min(n_held - n_high, len(low))
+        for p in low[:n_low] + high[:n_high]:
+            split[p] = name
+        low, high = low[n_low:], high[n_high:]
+    return split
 
 
 def _file_name(rng: np.random.Generator, taken: set[str]) -> str:
