@@ -427,14 +427,18 @@ def eval_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="also write the report to this file (markdown, or JSON with --json)")] = None,
     bootstrap: int = typer.Option(1000, min=0, help="bootstrap resamples for the 95% intervals (0: none)"),
     seed: int = typer.Option(0, help="seed of the bootstrap, the pair sample and a split made when the store has none"),
+    tasks: Annotated[Optional[str], typer.Option(help="comma-separated tasks to run (default all): ef_probe, "
+                                                      "ef_regression, knn_ef, neighbour_ef_class, same_patient, "
+                                                      "retrieval, zero_shot_ef")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Linear probe, ridge and kNN EF, same-patient AUC, report retrieval, zero-shot EF: where labels exist."""
+    """Linear probe, ridge and kNN EF, neighbours' EF class, same-patient AUC, report retrieval, zero-shot EF: where labels exist."""
     from embedstore.analysis.evaluate import evaluate, to_markdown
     from embedstore.store import open_store
 
     with open_store(store, read_only=True) as st:
-        report = evaluate(st, encoder, bootstrap=bootstrap, seed=seed)
+        report = evaluate(st, encoder, bootstrap=bootstrap, seed=seed,
+                          tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None)
     if report["warning"] and as_json:
         typer.echo(report["warning"], err=True)
     text = json.dumps(report, indent=2, allow_nan=False) if as_json else to_markdown(report)

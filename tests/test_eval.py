@@ -99,7 +99,7 @@ def truth(synth_store) -> dict:
 
 
 def test_every_task_runs_and_json_is_strict(report):
-    assert set(report["tasks"]) == {"ef_probe", "ef_regression", "knn_ef", "same_patient", "retrieval"}
+    assert set(report["tasks"]) == {"ef_probe", "ef_regression", "knn_ef", "neighbour_ef_class", "same_patient", "retrieval"}
     assert set(report["skipped"]) == {"zero_shot_ef"}
     assert report["split"] == {"source": "store", "TRAIN": 288, "VAL": 96, "TEST": 96}
     json.dumps(report, allow_nan=False)
@@ -154,6 +154,34 @@ def test_knn_mae_matches_a_plain_loop(report, truth):
             sims = sorted(((float(X[q] @ X[t]), t) for t in train), reverse=True)[:k]
             errors.append(abs(sum(ef[t] for _, t in sims) / k - ef[q]))
         assert report["tasks"]["knn_ef"]["metrics"][f"mae_k{k}"] == pytest.approx(sum(errors) / len(errors), abs=1e-9)
+
+
+def test_neighbour_ef_class_matches_a_plain_loop(report, truth):
+    X, low, patient, split = truth["X"], truth["ef"] < 50, truth["patient"], truth["split"]
+    agree, chance = [], []
+    for q in range(len(X)):
+        others = [t for t in range(len(X)) if patient[t] != patient[q]]
+        top = sorted(others, key=lambda t: -float(X[q] @ X[t]))[:5]
+        agree.append(sum(low[t] == low[q] for t in top) / 5)
+        chance.append(sum(low[t] == low[q] for t in others) / len(others))
+    metrics = report["tasks"]["neighbour_ef_class"]["metrics"]
+    assert metrics["agreement"] == pytest.approx(np.mean(agree), abs=1e-9)
+    assert metrics["chance"] == pytest.approx(np.mean(chance), abs=1e-9)
+    test = [a for a, s in zip(agree, split) if s == "TEST"]
+    assert metrics["agreement_test"] == pytest.approx(np.mean(test), abs=1e-9)
+    row = next(line for line in to_markdown(report).splitlines() if "| agreement_test |" in line)
+    assert row.endswith(f"| {len(test)} |")  # the markdown counts TEST queries for the TEST metric
+    assert metrics["agreement"] > metrics["chance"] + 0.1  # the synthetic vectors carry EF
+
+
+def test_tasks_option_runs_only_those(synth_store):
+    result = CliRunner().invoke(app, ["eval", "--store", str(synth_store), "--encoder", "synth", "--bootstrap", "0",
+                                      "--tasks", "neighbour_ef_class,knn_ef", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout[result.stdout.index("{"):])
+    assert set(out["tasks"]) == {"neighbour_ef_class", "knn_ef"} and out["skipped"] == {}
+    bad = CliRunner().invoke(app, ["eval", "--store", str(synth_store), "--encoder", "synth", "--tasks", "knn"])
+    assert bad.exit_code != 0 and "unknown eval task knn; choose from" in bad.output
 
 
 def test_same_patient_auc_over_all_pairs(report, truth):
@@ -215,6 +243,8 @@ def test_shuffled_labels_give_chance_auc(tmp_path):
         control = evaluate(store, "synth", bootstrap=0)
     assert abs(control["tasks"]["ef_probe"]["metrics"]["auc"] - 0.5) < NULL_AUC_TOLERANCE
     assert abs(control["tasks"]["same_patient"]["metrics"]["auc"] - 0.5) < NULL_PAIR_AUC_TOLERANCE
+    neighbours = control["tasks"]["neighbour_ef_class"]["metrics"]
+    assert abs(neighbours["agreement"] - neighbours["chance"]) < 0.05  # 480 queries x 5 neighbours
     assert control["tasks"]["ef_probe"]["ci95"]["auc"] is None  # bootstrap=0: no intervals
 
 

@@ -6,6 +6,9 @@ Tasks (metric functions in analysis/metrics.py):
   AUC, AUPRC, accuracy, F1, precision, recall, specificity on TEST.
 - ef_regression: StandardScaler + Ridge, alpha chosen on VAL by MAE; MAE, RMSE, R^2 on TEST.
 - knn_ef: mean EF of the k = 10 and 50 most cosine-similar TRAIN videos of each TEST video; MAE.
+- neighbour_ef_class: the share of each video's k = 5 cosine neighbours in its EF < 50% class, its own
+  patient's other videos left out (what a search shows), over every labelled video and over TEST
+  queries, beside the share chance gives. Uses every split: it describes the vectors as stored.
 - same_patient: AUC of the cosine of video pairs for "same patient" (all pairs, or every same-patient
   pair plus a seeded sample of the others when there are many), and mean cosines for different
   patients / same patient (same study, other study) - EchoCLIP-R's figure. Uses every video: the
@@ -28,7 +31,7 @@ import numpy as np
 
 from embedstore.analysis import metrics as M
 from embedstore.analysis.views import RANDOM_INIT, video_labels
-from embedstore.errors import EmbedstoreError
+from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.store import Store
 
 EF_CUTOFF = 50.0
@@ -38,10 +41,12 @@ PROBE_C = 1.0
 RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 RIDGE_DEFAULT_ALPHA = 1.0
 KNN_K = (10, 50)
+NEIGHBOUR_K = 5
 MAX_PAIRS = 200_000
 ZERO_SHOT_ENCODERS = ("echoclip", "echoclip-r")
 ZERO_SHOT_BATCH = 16  # videos decoded at a time: the 202 prompts are embedded once per batch
 TITLES = {"ef_probe": "EF<50% linear probe", "ef_regression": "EF ridge regression", "knn_ef": "kNN EF estimate",
+          "neighbour_ef_class": "neighbours' EF class",
           "same_patient": "same patient", "retrieval": "video<->report retrieval", "zero_shot_ef": "zero-shot EF"}
 
 
@@ -74,8 +79,12 @@ class Data:
         return M.bootstrap_ci(statistic, n, self.n_boot, self.seed)
 
 
-def evaluate(store: Store, encoder: str, bootstrap: int = 1000, seed: int = 0, model=None) -> dict:
-    """Every task whose labels exist; see the module docstring. `model` overrides the zero-shot encoder."""
+def evaluate(store: Store, encoder: str, bootstrap: int = 1000, seed: int = 0, model=None,
+             tasks: list[str] | None = None) -> dict:
+    """Every task (or those named) whose labels exist; see the module docstring. `model` overrides the zero-shot encoder."""
+    unknown = sorted(set(tasks or ()) - set(TASKS))
+    if unknown:
+        raise BadInput(f"unknown eval task {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     info = store.encoder_info(encoder)
     data, split_source = load_data(store, encoder, bootstrap, seed, model)
     random_init = info["weights_sha256"] == RANDOM_INIT
@@ -90,6 +99,8 @@ def evaluate(store: Store, encoder: str, bootstrap: int = 1000, seed: int = 0, m
         "tasks": {}, "skipped": {},
     }
     for name, task in TASKS.items():
+        if tasks and name not in tasks:
+            continue
         try:
             report["tasks"][name] = task(data)
         except Skip as why:
@@ -195,6 +206,25 @@ def knn_ef(d: Data) -> dict:
         used[f"k{k}"] = min(k, int(train.sum()))
     return {"n": int(test.sum()), "metrics": out, "ci95": ci,
             "details": {"neighbours": "cosine, TRAIN videos, TEST queries", "k_used": used, "n_train": int(train.sum())}}
+
+
+def neighbour_ef_class(d: Data) -> dict:
+    labelled = np.flatnonzero(~np.isnan(d.ef))
+    groups = np.array([p if p is not None else f"video:{i}" for i, p in zip(d.ids, d.patients)], dtype=object)[labelled]
+    low = d.ef[labelled] < EF_CUTOFF
+    if not _both_classes(low) or len(set(groups)) < 2:
+        raise Skip("needs EF labels of both classes (EF < 50% and >= 50%) in at least two patients")
+    agree, chance = M.neighbour_agreement(d.vectors[labelled], low, groups, NEIGHBOUR_K)
+    test = np.flatnonzero(d.split[labelled] == "TEST")
+    out = {"agreement": float(agree.mean()), "chance": float(chance.mean())}
+    ci = {"agreement": d.ci(lambda i: float(agree[i].mean()), len(agree))}
+    if len(test):
+        out["agreement_test"] = float(agree[test].mean())
+        ci["agreement_test"] = d.ci(lambda i: float(agree[test][i].mean()), len(test))
+    return {"n": int(len(agree)), "metrics": out, "ci95": ci, "n_by_metric": {"agreement_test": int(len(test))},
+            "details": {"neighbours": f"k={NEIGHBOUR_K} cosine, every labelled video, its own patient's videos left out",
+                        "agreement": "share of the neighbours in the query's EF < 50% class (what a search shows)",
+                        "agreement_test": "the same, TEST queries only", "chance": "the class's share among the candidates"}}
 
 
 def same_patient(d: Data) -> dict:
@@ -313,7 +343,7 @@ def _both_classes(y: np.ndarray) -> bool:
 
 
 TASKS: dict[str, Callable[[Data], dict]] = {
-    "ef_probe": ef_probe, "ef_regression": ef_regression, "knn_ef": knn_ef,
+    "ef_probe": ef_probe, "ef_regression": ef_regression, "knn_ef": knn_ef, "neighbour_ef_class": neighbour_ef_class,
     "same_patient": same_patient, "retrieval": retrieval, "zero_shot_ef": zero_shot_ef,
 }
 
@@ -335,7 +365,7 @@ def to_markdown(report: dict) -> str:
         for metric, value in task["metrics"].items():
             ci = task["ci95"].get(metric)
             lines.append(f"| {TITLES[name]} | {metric} | {_fmt(value)} | "
-                         f"{f'{_fmt(ci[0])} - {_fmt(ci[1])}' if ci else ''} | {task['n']} |")
+                         f"{f'{_fmt(ci[0])} - {_fmt(ci[1])}' if ci else ''} | {task.get('n_by_metric', {}).get(metric, task['n'])} |")
     lines += ["", "## Details", ""]
     lines += [f"- {TITLES[name]}: " + "; ".join(f"{k} {_fmt(v)}" for k, v in task["details"].items())
               for name, task in report["tasks"].items()]

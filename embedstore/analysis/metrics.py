@@ -97,6 +97,29 @@ def knn_mean(train: np.ndarray, values: np.ndarray, queries: np.ndarray, k: int)
     return out
 
 
+def neighbour_agreement(vectors: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(share of each row's k most cosine-similar rows with its label, the share chance gives), per row.
+
+    Rows of the query's own group (its patient) are never neighbours: another video of the same heart
+    would count patient identity as label agreement. Chance is the label's share among those candidates.
+    """
+    labels, (_, group) = np.asarray(labels), np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    classes, label = np.unique(labels, return_inverse=True)
+    per_group = np.zeros((group.max() + 1, len(classes)))
+    np.add.at(per_group, (group, label), 1)
+    candidates = len(labels) - per_group.sum(axis=1)[group]
+    chance = (np.bincount(label, minlength=len(classes))[label] - per_group[group, label]) / np.maximum(candidates, 1)
+    agree = np.empty(len(labels), dtype=np.float64)
+    for start in range(0, len(labels), CHUNK):
+        rows = np.arange(start, min(start + CHUNK, len(labels)))
+        sims = vectors[rows] @ vectors.T
+        sims[group[rows][:, None] == group[None, :]] = -np.inf
+        n = int(min(k, candidates[rows].min()))
+        top = np.argpartition(-sims, n - 1, axis=1)[:, :n]
+        agree[rows] = (label[top] == label[rows][:, None]).mean(axis=1)
+    return agree, chance
+
+
 # -- pairs (same patient) -------------------------------------------------------------------
 def video_pairs(groups: np.ndarray, max_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j): all of them when there are at most max_pairs, else every same-group pair
