@@ -1,20 +1,21 @@
 """Fine-tuning benchmark: does `embedstore train r3d` give better r3d vectors than random init, and at what cost?
 
     .venv/bin/python bench/train.py [--patients 60] [--videos 2] [--frames 32] [--fps 25] [--cohort-seed 1]
-                                    [--epochs 3] [--clip-length 4] [--lr 1e-4] [--accumulate 1] [--init random]
+                                    [--epochs 3] [--clip-length 4] [--lr 1e-3] [--accumulate 1] [--init random]
 
 The defaults are scaled down from the issue's 60 x 3 x 64 frames to run in about 12 minutes on two
 idle cores (r3d_18 costs ~2 s per training step on a CPU): 60 patients x 2 videos of 32 frames at
-25 fps (one whole beat, 8 model frames at period 4), training clips of 4 model frames, lr 1e-4
+25 fps (one whole beat, 8 model frames at period 4), training clips of 4 model frames, lr 1e-3
 (the paper's 1e-5 fine-tunes a Kinetics start; here the start is random), one optimizer step per video.
 
-On that phantom cohort (label: EF < 50, splits by patient as make_phantom draws them):
-- TEST AUC of the trained classifier (its own head, best VAL epoch) vs a logistic-regression probe
-  on the random-init encoder's vectors (fit on TRAIN, same splits), and the same probe on the
-  trained vectors;
-- neighbour EF-class agreement: for each video, the share of its k=5 cosine neighbours (self left
-  out) in the same EF < 50 class, averaged; and the same for TRAIN queries and for TEST queries
-  with the query's own patient left out (patients the model was fit on vs patients it never saw);
+On that phantom cohort (label: EF < 50; splits by patient, stratified by EF class, as make_phantom draws them):
+- TEST AUC of the trained classifier (its own head, best VAL epoch) vs the `embedstore eval` linear
+  probe (standardised logistic regression fit on TRAIN) on the random-init encoder's vectors, and the
+  same probe on the trained vectors;
+- neighbours' EF class (`embedstore eval` task neighbour_ef_class): for each video, the share of its
+  k=5 cosine neighbours in its EF < 50 class, its own patient's videos left out, averaged over all
+  videos, TRAIN queries (patients the model was fit on) and TEST queries (patients it never saw),
+  beside the share chance gives;
 - time: seconds per epoch (train + VAL) through the pipeline vs the bare train step (forward,
   backward, Adam) on a clip already in memory, times the number of steps; encode seconds.
 Random-init and trained vectors go into two copies of one store (a store holds one r3d weights set).
@@ -34,6 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embedstore.analysis import evaluate
+from embedstore.analysis.evaluate import NEIGHBOUR_K
+from embedstore.analysis.metrics import neighbour_agreement
 from embedstore.datasets.ingest import ingest
 from embedstore.datasets.phantom import make_phantom
 from embedstore.encode import encode_store
@@ -42,40 +46,6 @@ from embedstore.store import open_store
 from embedstore.training.config import TrainConfig
 from embedstore.training.loop import train_r3d
 from embedstore.training.model import build
-
-K = 5
-
-
-def agreement(vectors: np.ndarray, low: np.ndarray, patients: np.ndarray, queries: np.ndarray,
-              exclude_patient: bool) -> float:
-    """Mean share of each query's k cosine neighbours (self, or its whole patient, left out) in its EF class."""
-    scores = vectors[queries] @ vectors.T
-    scores[np.arange(len(queries)), queries] = -np.inf
-    if exclude_patient:
-        scores[patients[queries][:, None] == patients[None, :]] = -np.inf
-    neighbours = np.argsort(-scores, axis=1)[:, :K]
-    return float((low[neighbours] == low[queries][:, None]).mean())
-
-
-def probe_auc(vectors: np.ndarray, low: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
-    """Linear probe: standardised logistic regression fit on TRAIN, AUC on TEST."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(vectors[train], low[train])
-    return float(roc_auc_score(low[test], probe.predict_proba(vectors[test])[:, 1]))
-
-
-def store_vectors(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The store's r3d vectors with their rows' EF class, patient and split, in one order."""
-    with open_store(path, read_only=True) as st:
-        ids, vectors = st.all_vectors("r3d")
-        rows = st.videos(ids)
-    meta = {"low": np.array([r["ef"] < 50 for r in rows]), "patient": np.array([r["patient_id"] for r in rows]),
-            "split": np.array([r["split"] for r in rows])}
-    return vectors, meta
 
 
 def encode(path: Path, encoder) -> float:
@@ -109,15 +79,15 @@ def cpu_model() -> str:
 
 
 def vector_row(path: Path) -> dict:
-    """Probe AUC and neighbour agreement (all videos; TRAIN and TEST queries without their own patient)."""
-    vectors, meta = store_vectors(path)
-    low, patients = meta["low"], meta["patient"]
-    train, test = np.flatnonzero(meta["split"] == "TRAIN"), np.flatnonzero(meta["split"] == "TEST")
-    return {"probe": probe_auc(vectors, low, train, test),
-            "all": agreement(vectors, low, patients, np.arange(len(vectors)), exclude_patient=False),
-            "train": agreement(vectors, low, patients, train, exclude_patient=True),
-            "test": agreement(vectors, low, patients, test, exclude_patient=True),
-            "n": len(vectors), "low_share": float(low.mean())}
+    """The library's EF probe (TEST AUC) and neighbours' EF class per query (own patient out), by split."""
+    with open_store(path, read_only=True) as st:
+        probe = evaluate(st, "r3d", bootstrap=0, tasks=["ef_probe"])["tasks"]["ef_probe"]["metrics"]["auc"]
+        ids, vectors = st.all_vectors("r3d")
+        rows = st.videos(ids)
+    low, split = np.array([r["ef"] < 50 for r in rows]), np.array([r["split"] for r in rows])
+    agree, chance = neighbour_agreement(vectors, low, np.array([r["patient_id"] for r in rows]), NEIGHBOUR_K)
+    return {"probe": probe, "all": agree.mean(), "train": agree[split == "TRAIN"].mean(),
+            "test": agree[split == "TEST"].mean(), "chance": chance.mean(), "n": len(vectors), "low_share": float(low.mean())}
 
 
 def report(args: argparse.Namespace, metrics: dict, rows: dict[str, dict], times: dict[str, float]) -> None:
@@ -133,13 +103,14 @@ def report(args: argparse.Namespace, metrics: dict, rows: dict[str, dict], times
           f"clip {args.clip_length or 'whole video'} frames, batch 1, best VAL epoch {metrics['best_epoch']} "
           f"(VAL AUC {metrics['val']['auc']})")
     print()
-    print(f"| vectors | classifier TEST AUC | probe TEST AUC | kNN EF-class agreement, all (k={K}, self out) "
-          f"| TRAIN queries (own patient out) | TEST queries (own patient out) |")
-    print("|---|---|---|---|---|---|")
+    print(f"| vectors | classifier TEST AUC | probe TEST AUC | neighbours in the query's EF class, all queries "
+          f"(k={NEIGHBOUR_K}, own patient out) | TRAIN queries | TEST queries | chance |")
+    print("|---|---|---|---|---|---|---|")
     head = metrics["test"]["auc"] if metrics["test"] else float("nan")
     for name, r in rows.items():
         classifier = f"{head:.3f}" if name == "trained" else "-"
-        print(f"| r3d {name} | {classifier} | {r['probe']:.3f} | {r['all']:.3f} | {r['train']:.3f} | {r['test']:.3f} |")
+        print(f"| r3d {name} | {classifier} | {r['probe']:.3f} | {r['all']:.3f} | {r['train']:.3f} | {r['test']:.3f} "
+              f"| {r['chance']:.3f} |")
     print()
     epoch_s = statistics.median(e["seconds"] for e in history)
     train_s = statistics.median(e["seconds_train"] for e in history)
@@ -165,7 +136,7 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=25.0, help="32 frames at 25 fps span 1.28 s: a whole beat from 47 bpm")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--clip-length", type=int, default=4, help="training clip in model frames; 0: whole videos")
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--init", default="random")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
