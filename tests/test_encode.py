@@ -38,7 +38,8 @@ def test_encode_killed_half_way_resumes_to_exactly_one_vector_per_video(ingested
     proc.wait()
     with open_store(store, read_only=True) as st:
         done_first = st.catalog.committed_rows("r3d", "videos")
-    assert 16 <= done_first < 60, f"kill landed at {done_first} of 60 vectors; expected mid-run"
+    # HDF5 rows are appended before their catalog commit: the catalog may lag the file by the batch in flight.
+    assert 16 - 2 <= done_first < 60, f"kill landed at {done_first} of 60 vectors; expected mid-run"
 
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
