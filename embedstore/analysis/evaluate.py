@@ -129,12 +129,17 @@ def load_data(store: Store, encoder: str, n_boot: int, seed: int, model=None) ->
                 np.array(labels["study_id"], dtype=object), labels["source_path"], split, n_boot, seed, model), source
 
 
+def patient_groups(patients, ids: list[str]) -> np.ndarray:
+    """One group per patient; a video without a patient id is a group of its own."""
+    return np.array([p if p is not None else f"video:{i}" for p, i in zip(patients, ids)], dtype=object)
+
+
 def _split(stored: list, patients: list, ids: list[str], seed: int) -> tuple[np.ndarray, str]:
     """The store's split when every video has one (and TRAIN and TEST exist), else a seeded patient-level one."""
     split = np.array([str(s).strip().upper() if s is not None else "" for s in stored], dtype=object)
     if len(split) and set(split) <= set(SPLITS) and {"TRAIN", "TEST"} <= set(split):
         return split, "store"
-    groups = np.array([p if p is not None else f"video:{i}" for p, i in zip(patients, ids)], dtype=object)
+    groups = patient_groups(patients, ids)
     unique = np.unique(groups.astype(str))
     order = np.random.default_rng(seed).permutation(len(unique))
     cut1, cut2 = int(round(SEEDED_SHARES[0] * len(unique))), int(round(sum(SEEDED_SHARES) * len(unique)))
@@ -210,7 +215,7 @@ def knn_ef(d: Data) -> dict:
 
 def neighbour_ef_class(d: Data) -> dict:
     labelled = np.flatnonzero(~np.isnan(d.ef))
-    groups = np.array([p if p is not None else f"video:{i}" for i, p in zip(d.ids, d.patients)], dtype=object)[labelled]
+    groups = patient_groups(d.patients, d.ids)[labelled]
     low = d.ef[labelled] < EF_CUTOFF
     if not _both_classes(low) or len(set(groups)) < 2:
         raise Skip("needs EF labels of both classes (EF < 50% and >= 50%) in at least two patients")

@@ -282,12 +282,10 @@ class Searcher:
         )
 
     def _rows_of(self, ids) -> np.ndarray:
+        """Rows of the given ids of this vector set (ids it does not hold are ignored), from the map in memory."""
         if not ids:
             return NO_ROWS
-        known = self._row_of_id if self.target == "videos" else {}
-        if all(i in known for i in ids):
-            return np.array(sorted(known[i] for i in ids), dtype=np.int64)
-        return np.array(sorted(self.store.catalog.rows_for(self.encoder, self.target, list(ids)).values()), dtype=np.int64)
+        return np.array(sorted(self._row_of_id[i] for i in ids if i in self._row_of_id), dtype=np.int64)
 
     def _neighbours(self, vector: np.ndarray, n: int, allowed: np.ndarray | None,
                     exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
