@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +22,7 @@ from embedstore.cli import app as cli
 from embedstore.errors import BadInput
 from embedstore.service.app import create_app
 from embedstore.service.settings import Settings
-from embedstore.service.state import ServiceState
+from embedstore.service.state import ServiceState, WorkerPool
 from embedstore.store import open_store
 from embedstore.video.read import read_video
 from tests.dicom_files import write_dicom
@@ -295,6 +296,29 @@ def test_full_queue_answers_503_with_retry_after_and_slow_requests_time_out(serv
     assert error_of(refused, 503)["code"] == "busy" and refused.headers["retry-after"] == "7"
     assert error_of(timed_out, 503)["code"] == "timeout" and timed_out.headers["retry-after"] == "7"
     assert later.status_code == 200  # the slot came back
+
+
+def test_searches_run_on_one_thread_of_their_own_beside_busy_upload_workers():
+    """A decode that holds every media thread does not hold up a search; searches share one store thread."""
+    pool = WorkerPool(Settings(worker_threads=1))
+    release = threading.Event()
+
+    async def scenario() -> set[str]:
+        decoding = asyncio.ensure_future(pool.run("media", release.wait, 30))
+        await asyncio.sleep(0.1)  # the only media thread is now taken
+        names = await asyncio.wait_for(asyncio.gather(
+            *(pool.run("store", lambda: threading.current_thread().name) for _ in range(8))), 5)
+        assert not decoding.done()
+        release.set()
+        assert await decoding
+        return set(names)
+
+    try:
+        names = asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.close()
+    assert len(names) == 1 and names.pop().startswith("embedstore-store")
 
 
 def test_serve_command_binds_loopback_and_answers(service_store, tmp_path):

@@ -110,7 +110,7 @@ async def video(video_id: str, state: State) -> VideoRecord:
 
 async def thumbnail(video_id: str, state: State, animated: bool = False) -> Response:
     """PNG of the middle frame, or with animated=true a looping GIF of the clip (for result pages)."""
-    data = await state.call(state.thumbnail, video_id, animated)
+    data = await state.call(state.thumbnail, video_id, animated, lane="media")
     return Response(data, media_type="image/gif" if animated else "image/png",
                     headers={"Cache-Control": "private, max-age=3600"})
 
@@ -124,7 +124,7 @@ async def search_video(request: Request, state: State) -> Response:
     """Neighbours of an uploaded AVI, MP4 or DICOM video (multipart: `file` plus the search fields)."""
     async with state.pool.slot(), state.uploads(request, ("file",)) as (fields, files):
         options = parse_form(SearchOptions, fields)
-        return json_response(SearchResponse.body(await state.pool.run(state.search_upload, options, files["file"])))
+        return json_response(SearchResponse.body(await state.pool.run("media", state.search_upload, options, files["file"])))
 
 
 async def similarity(body: SimilarityRequest, state: State) -> SimilarityResponse:
@@ -136,7 +136,7 @@ async def similarity_videos(request: Request, state: State) -> SimilarityRespons
     """The same for two uploaded videos (multipart: files `a` and `b`, field `encoder`)."""
     async with state.pool.slot(), state.uploads(request, ("a", "b")) as (fields, files):
         form = parse_form(UploadSimilarityForm, fields)
-        return SimilarityResponse(**await state.pool.run(state.similar_uploads, form.encoder, files["a"], files["b"]))
+        return SimilarityResponse(**await state.pool.run("media", state.similar_uploads, form.encoder, files["a"], files["b"]))
 
 
 async def view(encoder: str, state: State, method: Literal["umap", "pca"] = "umap") -> View:

@@ -26,7 +26,7 @@ class Settings:
     max_frames: int = 1024  # frames decoded from one upload or thumbnail (EchoNet clips: 28-1,002)
     max_k: int = 1000
     request_timeout_s: float = 60.0  # whole request, upload included; past it: 503 code "timeout"
-    worker_threads: int = 2  # threads that decode, embed and search; the event loop only parses and answers
+    worker_threads: int = 2  # threads that decode and embed uploads (searches have one thread of their own)
     queue_size: int = 64  # requests that may wait for a worker thread; beyond: 503 code "busy"
     retry_after_s: int = 2  # the Retry-After of every 503
     search_threads: int = 1  # OpenMP threads per FAISS call: a single query gains nothing from more

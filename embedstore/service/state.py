@@ -6,8 +6,8 @@
 - One lock around every library call that touches the store: the catalog's one DuckDB connection is
   not thread-safe (a query's result is fetched from the connection after `execute`). Decoding an
   upload happens outside the lock; embedding it (a model forward) inside, as part of the search.
-- A bounded worker pool: the event loop never decodes, embeds or searches, and a request that
-  finds every worker busy and the queue full gets 503 + Retry-After at once instead of waiting.
+- A bounded worker pool in two lanes: the event loop never decodes, embeds or searches, and a
+  request that finds the pool full gets 503 + Retry-After at once instead of waiting.
 - Uploads stream into private temp files, each deleted when its request ends.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from math import ceil
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator, TypeVar
+from typing import AsyncIterator, Callable, Iterator, Literal, TypeVar
 
 import faiss
 from python_multipart.exceptions import FormParserError
@@ -62,14 +62,28 @@ class Unauthorized(EmbedstoreError):
 
 
 # -- the worker pool ----------------------------------------------------------------------------
+Lane = Literal["store", "media"]
+
+
 class WorkerPool:
-    """`worker_threads` workers plus `queue_size` waiting requests; one more is refused (Busy) without waiting."""
+    """Admission (`worker_threads` + `queue_size` requests in flight; one more is refused with Busy) and two lanes.
+
+    - "store": one thread for the jobs that hold the store lock from start to end (lookups, searches).
+      The lock serialises them anyway; with a second thread each search also waited on the lock and
+      fought the event loop for the GIL (bench/rest.py, id queries at 8 clients, one process:
+      376-472 requests/s with two threads, 514-646 with one).
+    - "media": `worker_threads` threads that decode and embed uploads and render thumbnails; they take
+      the lock only for their store part, so a long decode never holds up a search.
+    """
 
     def __init__(self, settings: Settings):
         # OpenMP thread counts are per calling thread: each worker sets its own, or every FAISS call would
         # start a team of threads that spin (burning ~30 ms of CPU a query here) after a 1 ms search.
-        self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="embedstore-worker",
-                                           initializer=faiss.omp_set_num_threads, initargs=(settings.search_threads,))
+        def lane(threads: int, name: str) -> ThreadPoolExecutor:
+            return ThreadPoolExecutor(threads, thread_name_prefix=f"embedstore-{name}",
+                                      initializer=faiss.omp_set_num_threads, initargs=(settings.search_threads,))
+
+        self.lanes: dict[Lane, ThreadPoolExecutor] = {"store": lane(1, "store"), "media": lane(settings.worker_threads, "media")}
         self.capacity = self.free = settings.worker_threads + settings.queue_size
         self.timeout_s = settings.request_timeout_s
 
@@ -93,9 +107,13 @@ class WorkerPool:
         finally:
             self.free += 1
 
-    async def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """fn in a worker thread; a request that times out first takes its job off the queue if it has not started."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
+    async def run(self, lane: Lane, fn: Callable[..., T], *args) -> T:
+        """fn(*args) in a thread of `lane`; a request that times out first takes its job off the queue if it has not started."""
+        return await asyncio.get_running_loop().run_in_executor(self.lanes[lane], partial(fn, *args))
+
+    def close(self) -> None:
+        for executor in self.lanes.values():
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 # -- uploads ------------------------------------------------------------------------------------
@@ -282,14 +300,14 @@ class ServiceState:
                     log.warning("same-patient calibration of %s not cached: %s", s["encoder"], exc)
 
     def close(self) -> None:
-        self.pool.executor.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
         self.store.close()
         shutil.rmtree(self.upload_dir, ignore_errors=True)
 
-    async def call(self, fn: Callable[..., T], *args) -> T:
-        """fn(*args) in the worker pool, within one request slot (503 when none is free)."""
+    async def call(self, fn: Callable[..., T], *args, lane: Lane = "store") -> T:
+        """fn(*args) in a `lane` thread, within one request slot (503 when none is free)."""
         async with self.pool.slot():
-            return await self.pool.run(fn, *args)
+            return await self.pool.run(lane, fn, *args)
 
     # -- helpers (callers hold self.lock where the store is touched) ---------------------------
     def searcher(self, encoder: str, target: str) -> Searcher:
