@@ -307,7 +307,7 @@ def test_searches_run_on_one_thread_of_their_own_beside_busy_upload_workers():
         decoding = asyncio.ensure_future(pool.run("media", release.wait, 30))
         await asyncio.sleep(0.1)  # the only media thread is now taken
         names = await asyncio.wait_for(asyncio.gather(
-            *(pool.run("store", lambda: threading.current_thread().name) for _ in range(8))), 5)
+            *(pool.run("search", lambda: threading.current_thread().name) for _ in range(8))), 5)
         assert not decoding.done()
         release.set()
         assert await decoding
@@ -318,7 +318,36 @@ def test_searches_run_on_one_thread_of_their_own_beside_busy_upload_workers():
     finally:
         release.set()
         pool.close()
-    assert len(names) == 1 and names.pop().startswith("embedstore-store")
+    assert len(names) == 1 and names.pop().startswith("embedstore-search")
+
+
+def test_id_searches_are_answered_while_an_upload_is_embedded(base_url, videos, tmp_path):
+    """No lock holds searches behind an upload: while a new video is decoded and embedded (most of the
+    upload's time), id queries keep coming back, never pausing for half of it."""
+    query = {"encoder": "r3d", "k": 3, "query": {"video_id": videos[0]["video_id"]}}
+    clip = Path(videos[1]["source_path"]).read_bytes() + b"\0" * 16  # other bytes: not a stored file, so embedded
+
+    async def scenario() -> tuple[httpx.Response, float, float, list[float]]:
+        answered: list[float] = []
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as c:
+            async def searches() -> None:
+                while True:
+                    assert (await c.post("/search", json=query)).status_code == 200
+                    answered.append(time.perf_counter())
+
+            task = asyncio.ensure_future(searches())
+            await asyncio.sleep(0.2)
+            start = time.perf_counter()
+            upload = await c.post("/search/video", files={"file": ("new.avi", clip)}, data={"encoder": "r3d", "k": "3"})
+            end = time.perf_counter()
+            task.cancel()
+        return upload, start, end, answered
+
+    upload, start, end, answered = asyncio.run(scenario())
+    assert upload.status_code == 200 and upload.json()["query"]["stored_id"] is None, upload.text
+    times = [start, *(t for t in answered if start < t < end), end]
+    longest_pause = max(b - a for a, b in zip(times, times[1:]))
+    assert longest_pause < 0.5 * (end - start), (longest_pause, end - start, len(times))
 
 
 def test_serve_command_binds_loopback_and_answers(service_store, tmp_path):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -44,6 +45,24 @@ def test_vectors_are_idempotent_per_id_and_found_by_id(store):
     assert ids == ["v0", "v1", "v2", "v3"]
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=1e-6)
     assert store.info()["counts"]["patients"] == 3
+
+
+def test_one_read_only_store_serves_many_threads_at_once(store, tmp_path):
+    """Threads sharing a Store each get their own catalog results and vectors, as the REST service's
+    worker threads do (one DuckDB connection refuses a second thread's call while busy)."""
+    ids = [f"v{i}" for i in range(8)]
+    store.add_videos([{"video_id": v, "patient_id": f"p{i}"} for i, v in enumerate(ids)])
+    store.add_vectors(PROV, ids, np.stack([vec(i) for i in range(8)]))
+    store.close()
+
+    def reads(shared, i: int) -> None:
+        for _ in range(100):
+            assert shared.videos([ids[i]])[0]["patient_id"] == f"p{i}"
+            np.testing.assert_array_equal(shared.get_vectors("toy", [ids[i]])[0], vec(i))
+
+    with open_store(tmp_path / "s", read_only=True) as shared, ThreadPoolExecutor(4) as pool:
+        list(pool.map(reads, [shared] * 8, range(8)))
+        assert shared.catalog.query("SELECT count(*) FROM videos") == [(8,)]  # the opening thread's connection
 
 
 def test_vectors_are_l2_normalised_and_validated(store):

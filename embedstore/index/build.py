@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -266,7 +267,7 @@ def save_index(store: Store, index: faiss.Index, sidecar: dict) -> dict:
 def write_json_atomic(path: Path, data: dict) -> None:
     """Replace `path` with `data` as JSON in one step (temporary file + os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")  # a name per writer: threads may race
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     _fsync(tmp)
     os.replace(tmp, path)

@@ -3,9 +3,10 @@
 - The store is opened read-only: DuckDB then keeps writers out for the server's lifetime, so the
   loaded indexes and the summary below cannot go stale.
 - One Searcher per (encoder, target), made at startup: indexes, metadata and query models load once.
-- One lock around every library call that touches the store: the catalog's one DuckDB connection is
-  not thread-safe (a query's result is fetched from the connection after `execute`). Decoding an
-  upload happens outside the lock; embedding it (a model forward) inside, as part of the search.
+- No lock: the store is read-only, FAISS searches and h5py reads may run in several threads, and the
+  catalog gives each thread a DuckDB cursor of its own. So a search never waits for an upload's
+  decode or model forward (it used to: one lock around the store held id queries ~1.5 s behind an
+  r3d forward).
 - A bounded worker pool in two lanes: the event loop never decodes, embeds or searches, and a
   request that finds the pool full gets 503 + Retry-After at once instead of waiting.
 - Uploads stream into private temp files, each deleted when its request ends.
@@ -17,7 +18,6 @@ import io
 import logging
 import shutil
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -62,18 +62,18 @@ class Unauthorized(EmbedstoreError):
 
 
 # -- the worker pool ----------------------------------------------------------------------------
-Lane = Literal["store", "media"]
+Lane = Literal["search", "media"]
 
 
 class WorkerPool:
     """Admission (`worker_threads` + `queue_size` requests in flight; one more is refused with Busy) and two lanes.
 
-    - "store": one thread for the jobs that hold the store lock from start to end (lookups, searches).
-      The lock serialises them anyway; with a second thread each search also waited on the lock and
-      fought the event loop for the GIL (bench/rest.py, id queries at 8 clients, one process:
-      376-472 requests/s with two threads, 514-646 with one).
-    - "media": `worker_threads` threads that decode and embed uploads and render thumbnails; they take
-      the lock only for their store part, so a long decode never holds up a search.
+    - "search": one thread for lookups and searches (a millisecond or so each, mostly FAISS without the GIL).
+      One thread and the event loop already fill two cores; with two search threads each search also
+      fought the event loop for the GIL (bench/rest.py, id queries at 8 clients, one process, when a
+      lock still serialised the searches: 376-472 requests/s with two threads, 514-646 with one).
+    - "media": `worker_threads` threads that decode and embed uploads and render thumbnails (seconds
+      each), so a long upload never queues in front of a search.
     """
 
     def __init__(self, settings: Settings):
@@ -83,7 +83,7 @@ class WorkerPool:
             return ThreadPoolExecutor(threads, thread_name_prefix=f"embedstore-{name}",
                                       initializer=faiss.omp_set_num_threads, initargs=(settings.search_threads,))
 
-        self.lanes: dict[Lane, ThreadPoolExecutor] = {"store": lane(1, "store"), "media": lane(settings.worker_threads, "media")}
+        self.lanes: dict[Lane, ThreadPoolExecutor] = {"search": lane(1, "search"), "media": lane(settings.worker_threads, "media")}
         self.capacity = self.free = settings.worker_threads + settings.queue_size
         self.timeout_s = settings.request_timeout_s
 
@@ -275,7 +275,6 @@ class ServiceState:
     def __init__(self, store_path: str | Path | None, settings: Settings):
         self.settings = settings
         self.store = open_store(store_path, read_only=True)
-        self.lock = threading.Lock()
         self.pool = WorkerPool(settings)
         self.upload_dir = Path(tempfile.mkdtemp(prefix="embedstore-uploads-"))
         self.searchers: dict[tuple[str, str], Searcher] = {}
@@ -304,12 +303,12 @@ class ServiceState:
         self.store.close()
         shutil.rmtree(self.upload_dir, ignore_errors=True)
 
-    async def call(self, fn: Callable[..., T], *args, lane: Lane = "store") -> T:
+    async def call(self, fn: Callable[..., T], *args, lane: Lane = "search") -> T:
         """fn(*args) in a `lane` thread, within one request slot (503 when none is free)."""
         async with self.pool.slot():
             return await self.pool.run(lane, fn, *args)
 
-    # -- helpers (callers hold self.lock where the store is touched) ---------------------------
+    # -- helpers ------------------------------------------------------------------------------
     def searcher(self, encoder: str, target: str) -> Searcher:
         key = (encoder, target)
         if key not in self.searchers:
@@ -322,7 +321,7 @@ class ServiceState:
         return k
 
     def decode(self, upload: Upload) -> Video:
-        """Decode outside the store lock, bounded by max_frames, so a long cine fails before any model runs."""
+        """Decode bounded by max_frames, so a long cine fails before any model runs."""
         with named_as(upload.path, upload.name):
             return read_video(upload.path, max_frames=self.settings.max_frames)
 
@@ -351,14 +350,12 @@ class ServiceState:
 
     # -- jobs: run in the worker pool ---------------------------------------------------------
     def video(self, video_id: str) -> dict:
-        with self.lock:
-            row = self.store.videos([video_id])[0]
-            encoders = [e for e in self.encoder_infos if self.store.catalog.rows_for(e, "videos", [video_id])]
+        row = self.store.videos([video_id])[0]
+        encoders = [e for e in self.encoder_infos if self.store.catalog.rows_for(e, "videos", [video_id])]
         return {"video_id": row.pop("video_id"), "metadata": row, "encoders": encoders}
 
     def _thumbnail(self, video_id: str, animated: bool) -> bytes:
-        with self.lock:
-            path = self.store.videos([video_id])[0]["source_path"]
+        path = self.store.videos([video_id])[0]["source_path"]
         if not path or not Path(path).is_file():
             raise NotFound(f"video {video_id!r} has no file on this server; thumbnails need the video files")
         with named_as(path, video_id):
@@ -366,16 +363,15 @@ class ServiceState:
 
     def search(self, request: SearchRequest) -> dict:
         q = request.query
-        with self.lock:
-            result = self.searcher(request.encoder, request.target).search(
-                id=q.video_id, vector=q.vector, text=q.text, report=q.report, k=self.check_k(request.k),
-                where=request.where, exclude_self=request.exclude_self, same_patient=request.same_patient)
+        result = self.searcher(request.encoder, request.target).search(
+            id=q.video_id, vector=q.vector, text=q.text, report=q.report, k=self.check_k(request.k),
+            where=request.where, exclude_self=request.exclude_self, same_patient=request.same_patient)
         return result.to_dict()
 
     def search_upload(self, options: SearchOptions, upload: Upload) -> dict:
         """Like `embedstore search --video`: a file already in the store answers with its stored vector."""
         video = self.decode(upload)
-        with self.lock, named_as(upload.path, upload.name):
+        with named_as(upload.path, upload.name):
             searcher = self.searcher(options.encoder, options.target)
             stored = searcher.query_encoder.stored_video_id(upload.path)
             result = searcher.search_video(upload.path if stored else video, k=self.check_k(options.k),
@@ -384,22 +380,20 @@ class ServiceState:
         return result
 
     def similar_ids(self, request: SimilarityRequest) -> dict:
-        with self.lock:
-            self.store.get_vectors(request.encoder, [request.a, request.b])  # ids only: never a server file
-            return similar(self.store, request.encoder, request.a, request.b)
+        self.store.get_vectors(request.encoder, [request.a, request.b])  # ids only: never a server file
+        return similar(self.store, request.encoder, request.a, request.b)
 
     def similar_uploads(self, encoder: str, a: Upload, b: Upload) -> dict:
         for upload in (a, b):
             self.decode(upload)  # bounded by max_frames before the library decodes them again
-        with self.lock, named_as(a.path, a.name), named_as(b.path, b.name):
+        with named_as(a.path, a.name), named_as(b.path, b.name):
             out = similar(self.store, encoder, a.path, b.path)
         return {**out, "a": a.name, "b": b.name}
 
     def view(self, encoder: str, method: str) -> dict:
         from embedstore.analysis.views import load_view
 
-        with self.lock:
-            return load_view(self.store, encoder, method)
+        return load_view(self.store, encoder, method)
 
 
 def render_thumbnail(video: Video, animated: bool) -> bytes:

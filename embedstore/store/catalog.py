@@ -1,11 +1,14 @@
 """catalog.duckdb: the rows (videos, patients, studies, reports, embeddings map, encoders, runs).
 
 Every write is one DuckDB transaction, so a killed process leaves either all of a batch or none.
+A Catalog may be shared between threads (the REST service does): each thread talks to DuckDB
+through a cursor of its own, since one DuckDB connection is not thread-safe.
 """
 from __future__ import annotations
 
 import json
 import secrets
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -49,14 +52,18 @@ def now() -> datetime:
 
 
 class Catalog:
-    """Thin wrapper over one DuckDB connection; SQL lives here and nowhere else."""
+    """Thin wrapper over one DuckDB database; SQL lives here and nowhere else."""
 
     def __init__(self, path: Path, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
         # Read-only catalogs serve user filters (--where, REST): no file or network access from SQL.
         config = {"enable_external_access": False} if read_only else {}
-        self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        self._base = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        self._local = threading.local()
+        self._local.con = self._base  # the opening thread uses the connection itself
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursors_lock = threading.Lock()
         if not read_only:
             self.con.execute(SCHEMA)
             if self.get_meta("salt") is None:
@@ -65,8 +72,25 @@ class Catalog:
                     self.set_meta("schema_version", SCHEMA_VERSION)
                     self.set_meta("created_at", now().isoformat())
 
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """This thread's connection. One DuckDB connection must not serve two threads at once (a result is
+        fetched from the connection after `execute`, so a second thread's query can swap it); its cursors are
+        connections of their own to the same database, so every other thread gets one, kept for its lifetime."""
+        try:
+            return self._local.con
+        except AttributeError:
+            con = self._local.con = self._base.cursor()
+            with self._cursors_lock:
+                self._cursors.append(con)
+            return con
+
     def close(self) -> None:
-        self.con.close()
+        with self._cursors_lock:
+            for cursor in self._cursors:
+                cursor.close()
+            self._cursors.clear()
+        self._base.close()
 
     # -- helpers -------------------------------------------------------------------------------
     def transaction(self):
