@@ -5,15 +5,17 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 SHELL  := /bin/bash
 ES     := $(VENV)/bin/embedstore
+# which FAISS build this venv holds: gpu once `make install-gpu` ran in it, else cpu (never both)
+FAISS  := $(if $(wildcard $(VENV)/.faiss-gpu),gpu,cpu)
 
-.PHONY: demo test test-slow bench clean-demo
+.PHONY: demo test test-slow test-gpu install-gpu bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch and torchvision are pinned together (see README): install them first, by version.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(FAISS),dev]'
 	touch $(STAMP)
 
 # The main job end to end on the embedded default: phantom cohort -> store -> encode -> index -> search,
@@ -47,6 +49,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tests/browser_setup.sh
 	$(PY) -m pytest -q
+
+# A CUDA machine: swap the CPU FAISS build for the GPU build of the same version (never both), then
+# run the GPU tests and benchmarks in one go (bench/gpu_smoke.py, README "GPUs").
+install-gpu: $(STAMP)
+	touch $(VENV)/.faiss-gpu
+	$(PY) -m pip uninstall -q -y faiss-cpu
+	$(PY) -m pip install -q -e '.[gpu,dev]'
+
+test-gpu: $(STAMP)
+	$(PY) bench/gpu_smoke.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

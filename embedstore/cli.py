@@ -88,14 +88,18 @@ def ingest(
 
 @command()
 def info(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
-    """Counts per table, vector sets, indexes and size of a store."""
+    """Counts per table, vector sets, indexes and size of a store; the FAISS build and GPUs in use."""
+    from embedstore.devices import runtime
     from embedstore.store import open_store
 
     with open_store(store, read_only=True) as st:
-        data = st.info()
+        data = {**st.info(), "runtime": runtime()}
     if as_json:
         emit(data, True)
         return
+    rt = data["runtime"]
+    typer.echo(f"faiss {rt['faiss_version']} ({rt['faiss_build']} build, {rt['faiss_gpus']} GPUs); torch {rt['torch_version']} "
+               f"(CUDA {'available: ' + ', '.join(rt['cuda_devices']) if rt['cuda_available'] else 'not available'})")
     typer.echo(f"store {data['path']} ({data['bytes'] / 1e6:.1f} MB)")
     typer.echo("  " + ", ".join(f"{k} {v}" for k, v in data["counts"].items()))
     for s in data["vector_sets"]:
@@ -143,7 +147,7 @@ def encode(
     random_init: RandomOpt = False,
     target: Annotated[str, typer.Option(help="videos, or reports (text encoders)")] = "videos",
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="videos per model call"),
-    workers: int = typer.Option(2, min=1, help="decode threads running ahead of the model"),
+    workers: int = typer.Option(0, min=0, help="decode threads running ahead of the model (0: one per core but one, 2 to 8)"),
     device: DeviceOpt = "auto",
     pooling: PoolingOpt = None,
     vocab: VocabOpt = None,
@@ -161,9 +165,9 @@ def encode(
     # with ray the model runs in the actors; the driver's copy only gives provenance and the preparer
     model = load_encoder(encoder, weights, random_init, "cpu" if engine == "ray" else device, pooling, vocab)
     with open_store(store) as st:
-        summary = encode_with(engine, st, model, batch_size=batch_size, workers=workers, target=target,
+        summary = encode_with(engine, st, model, batch_size=batch_size, workers=workers or None, target=target,
                               progress=not quiet, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
-                              cpus_per_decode=cpus_per_decode)
+                              cpus_per_decode=cpus_per_decode, device=device)
     if as_json:
         emit(summary.as_dict(), True)
         return

@@ -16,9 +16,14 @@ def weights_dir() -> Path | None:
     return Path(value) if value else None
 
 
+def requested_device(requested: str = "auto") -> str:
+    """'auto' becomes $EMBEDSTORE_DEVICE when set (the test suite pins cpu); anything else stays."""
+    return os.environ.get("EMBEDSTORE_DEVICE", requested) if requested == "auto" else requested
+
+
 def device(requested: str = "auto") -> str:
     """Resolve 'auto' to 'cuda' when a GPU is visible, else 'cpu'."""
-    requested = os.environ.get("EMBEDSTORE_DEVICE", requested) if requested == "auto" else requested
+    requested = requested_device(requested)
     if requested != "auto":
         return requested
     import torch

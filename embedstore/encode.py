@@ -5,6 +5,7 @@ so a killed run resumes where it stopped. A video that cannot be read is reporte
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -73,9 +74,52 @@ def prepared_stream(items: list[tuple[str, str]], preparer, workers: int, ahead:
             yield result
 
 
-def encode_store(store: Store, encoder, batch_size: int = 8, workers: int = 2, target: str = "videos",
+def decode_workers() -> int:
+    """Decode threads that keep a model fed: one per core but one (the model's), at least 2, at most 8
+    (PyAV decodes outside the GIL; past 8 threads the GIL-bound prepare steps stop scaling)."""
+    return max(2, min(8, (os.cpu_count() or 2) - 1))
+
+
+class ShapeBuckets:
+    """Group prepared inputs by shape so each model call gets a full batch of equal shapes.
+
+    Real cines differ in length; batching only neighbours of equal shape ran them one per forward,
+    which starves a GPU. A bucket is handed out when it holds `batch_size` inputs; when `4 x batch_size`
+    inputs wait in all buckets together, the fullest goes out anyway, so memory stays bounded. Vectors
+    land in the store out of id order, which the catalog's id -> row map makes harmless.
+    """
+
+    def __init__(self, batch_size: int, hold: int = 4):
+        self.batch_size, self.limit = batch_size, hold * batch_size
+        self.buckets: dict[tuple, tuple[list[str], list[np.ndarray]]] = {}
+        self.waiting = 0
+
+    def add(self, item: str, array: np.ndarray) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        """Add one input; yield the (ids, inputs) batches that are ready to run."""
+        ids, inputs = self.buckets.setdefault(array.shape, ([], []))
+        ids.append(item)
+        inputs.append(array)
+        self.waiting += 1
+        if len(ids) >= self.batch_size:
+            yield self._pop(array.shape)
+        elif self.waiting >= self.limit:
+            yield self._pop(max(self.buckets, key=lambda shape: len(self.buckets[shape][0])))
+
+    def drain(self) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        """Yield what is left, fullest bucket first."""
+        while self.buckets:
+            yield self._pop(max(self.buckets, key=lambda shape: len(self.buckets[shape][0])))
+
+    def _pop(self, shape: tuple) -> tuple[list[str], list[np.ndarray]]:
+        batch = self.buckets.pop(shape)
+        self.waiting -= len(batch[0])
+        return batch
+
+
+def encode_store(store: Store, encoder, batch_size: int = 8, workers: int | None = None, target: str = "videos",
                  progress: bool = True, command_args: dict | None = None) -> EncodeSummary:
-    """Embed every video (or report) of `store` that `encoder` has not embedded yet."""
+    """Embed every video (or report) of `store` that `encoder` has not embedded yet (workers None: decode_workers())."""
+    workers = workers or decode_workers()
     if batch_size < 1:
         raise BadInput(f"--batch-size must be >= 1, got {batch_size}")
     prov = encoder.provenance()
@@ -88,21 +132,17 @@ def encode_store(store: Store, encoder, batch_size: int = 8, workers: int = 2, t
             _encode_reports(store, encoder, write, batch_size, summary, progress)
         else:
             items, summary.already = pending_videos(store, encoder.name)
-            ids: list[str] = []
-            inputs: list[np.ndarray] = []
+            batches = ShapeBuckets(batch_size)
             with bar(total=len(items), desc=f"encode {encoder.name}", unit="video", enabled=progress) as pbar:
                 for video_id, result in prepared_stream(items, encoder.preparer, workers, ahead=2 * batch_size):
                     if isinstance(result, str):
                         run.fail(video_id, result)
                         pbar.update(1)
-                    else:
-                        ids.append(video_id)
-                        inputs.append(result)
-                    if len(ids) >= batch_size:
+                        continue
+                    for ids, inputs in batches.add(video_id, result):
                         write(ids, encoder.embed_prepared(inputs))
                         pbar.update(len(ids))
-                        ids, inputs = [], []
-                if ids:
+                for ids, inputs in batches.drain():
                     write(ids, encoder.embed_prepared(inputs))
                     pbar.update(len(ids))
         summary.added = run.added

@@ -61,3 +61,9 @@ class Busy(EmbedstoreError):
     """The service is at capacity; the client should retry later."""
 
     status, code = 503, "busy"
+
+
+class OutOfMemory(EmbedstoreError):
+    """The device ran out of memory on one request or batch; the process goes on (the cache is freed)."""
+
+    status, code = 503, "out_of_memory"

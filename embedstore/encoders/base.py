@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from embedstore import config
+from embedstore.devices import bf16_native, out_of_memory_as_error
 from embedstore.encoders.weights import WEIGHTS, Resolved, find, resolve, sha256_file
 from embedstore.errors import BadInput, NotFound
 from embedstore.video.read import Video
@@ -112,18 +113,19 @@ class Encoder(ABC):
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-        with torch.inference_mode(), self.autocast():
-            y = fn(x)
+        with out_of_memory_as_error(f"a batch of {array.shape[0]} inputs of shape {array.shape[1:]}"):
+            x = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+            with torch.inference_mode(), self.autocast():
+                y = fn(x)
         return F.normalize(y.float(), dim=-1).cpu().numpy()
 
     def autocast(self):
-        """Mixed precision on CUDA (bf16 where supported, else fp16), nothing on CPU; training uses it too."""
+        """Mixed precision on CUDA (bf16 where the GPU has it natively, else fp16), nothing on CPU; training uses it too."""
         import torch
 
         if not self.device.startswith("cuda"):
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if bf16_native() else torch.float16  # emulated bf16 is slower than fp16
         return torch.autocast("cuda", dtype=dtype)
 
     @classmethod

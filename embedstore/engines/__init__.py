@@ -16,10 +16,11 @@ from embedstore.store import Store
 ENGINES = ("local", "ray")
 
 
-def encode_with(engine: str, store: Store, encoder: Encoder, batch_size: int = 8, workers: int = 2,
+def encode_with(engine: str, store: Store, encoder: Encoder, batch_size: int = 8, workers: int | None = None,
                 target: str = "videos", progress: bool = True, ray_address: str | None = None,
-                gpus_per_worker: float = 1.0, cpus_per_decode: float = 1.0) -> EncodeSummary:
-    """Run `encode` on the chosen engine (`workers` is the local engine's, the rest the ray engine's)."""
+                gpus_per_worker: float = 1.0, cpus_per_decode: float = 1.0, device: str = "auto") -> EncodeSummary:
+    """Run `encode` on the chosen engine (`workers` is the local engine's, the rest the ray engine's;
+    the local engine's device is the encoder's own)."""
     if engine == "local":
         return encode_store(store, encoder, batch_size=batch_size, workers=workers, target=target, progress=progress)
     if engine != "ray":
@@ -29,4 +30,4 @@ def encode_with(engine: str, store: Store, encoder: Encoder, batch_size: int = 8
     from embedstore.engines.ray import encode_store_ray
 
     return encode_store_ray(store, encoder, batch_size=batch_size, address=ray_address, gpus_per_worker=gpus_per_worker,
-                            cpus_per_decode=cpus_per_decode, progress=progress, target=target)
+                            cpus_per_decode=cpus_per_decode, progress=progress, target=target, device=device)

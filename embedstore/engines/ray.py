@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedstore import config
 from embedstore.encode import EncodeSummary, pending_videos, prepare_one
 from embedstore.encoders import Encoder
 from embedstore.errors import BadInput
@@ -128,10 +129,8 @@ def prepare_block(block: dict[str, np.ndarray], preparer) -> dict[str, np.ndarra
 class ShardEncoder:
     """Ray Data actor: builds the model once, then embeds one block per call and writes it as one shard."""
 
-    def __init__(self, recipe: EncoderRecipe, staging: str, run_id: str, batch_size: int):
-        import ray
-
-        self.encoder = recipe.build("cuda" if ray.get_gpu_ids() else "cpu")
+    def __init__(self, recipe: EncoderRecipe, staging: str, run_id: str, batch_size: int, device: str):
+        self.encoder = recipe.build(device)
         self.staging, self.run_id, self.batch_size = Path(staging), run_id, batch_size
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, list]:
@@ -148,18 +147,38 @@ class ShardEncoder:
         return {"shard": [str(path)], "videos": [len(ids)]}
 
 
+def plan_actors(resources: dict, gpus_per_worker: float, cpus_per_decode: float, device: str) -> tuple[int, float, str]:
+    """(encoder actors, GPUs per actor, actor device) for a cluster's resources, or BadInput.
+
+    Actors never take the CPUs the decode tasks need (more actors than that stalled the run: every
+    CPU held by an idle model, no decoder left to feed it); GPUs per actor must exist in the cluster;
+    `--device cpu` asks for no GPU, `--device cuda` refuses a cluster without one.
+    """
+    device = config.requested_device(device)
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    if cpus < CPUS_PER_ACTOR + cpus_per_decode:
+        raise BadInput(f"the Ray cluster has {cpus:g} CPUs; an encoder actor and a decode task "
+                       f"need {CPUS_PER_ACTOR + cpus_per_decode:g}")
+    cpu_actors = max(1, int((cpus - cpus_per_decode) // CPUS_PER_ACTOR))
+    use_gpus = device != "cpu" and gpus_per_worker > 0 and gpus > 0
+    if device.startswith("cuda") and not use_gpus:
+        raise BadInput(f"--device cuda, but the Ray cluster has {gpus:g} GPUs (or --gpus-per-worker is 0); "
+                       "use --device cpu or add GPU nodes")
+    if not use_gpus:
+        return max(1, min(cpu_actors, int(cpus) // 2)), 0.0, "cpu"
+    if gpus_per_worker > gpus:
+        raise BadInput(f"--gpus-per-worker {gpus_per_worker:g} is more than the {gpus:g} GPUs of the Ray cluster")
+    return max(1, min(cpu_actors, int(gpus // gpus_per_worker))), gpus_per_worker, "cuda"
+
+
 def shard_stream(items: list[tuple[str, str]], recipe: EncoderRecipe, preparer, staging: Path, run_id: str,
-                 batch_size: int, shard_size: int, gpus_per_worker: float, cpus_per_decode: float) -> Iterator[dict]:
+                 batch_size: int, shard_size: int, gpus_per_worker: float, cpus_per_decode: float,
+                 device: str = "auto") -> Iterator[dict]:
     """Run the pipeline on the connected Ray cluster; yield {"shard", "videos"} per block, in block order."""
     import ray
     from ray.data import ActorPoolStrategy
 
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0) if gpus_per_worker > 0 else 0
-    actors = max(1, int(gpus // gpus_per_worker)) if gpus else max(1, int(resources.get("CPU", 1)) // 2)
-    if resources.get("CPU", 0) < CPUS_PER_ACTOR + cpus_per_decode:
-        raise BadInput(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs; an encoder actor and a decode task "
-                       f"need {CPUS_PER_ACTOR + cpus_per_decode:g}")
+    actors, gpus, actor_device = plan_actors(ray.cluster_resources(), gpus_per_worker, cpus_per_decode, device)
     rows = [{"pos": i, "video_id": video_id, "path": path} for i, (video_id, path) in enumerate(items)]
     ds = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // shard_size))
     _configure(ds.context)
@@ -169,9 +188,10 @@ def shard_stream(items: list[tuple[str, str]], recipe: EncoderRecipe, preparer, 
         # max_task_retries has no named parameter in Ray Data yet; the **ray_remote_args route warns
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(ShardEncoder, fn_constructor_kwargs={"recipe": recipe, "staging": str(staging),
-                                                                "run_id": run_id, "batch_size": batch_size},
+                                                                "run_id": run_id, "batch_size": batch_size,
+                                                                "device": actor_device},
                             batch_size=None, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
-                            num_cpus=CPUS_PER_ACTOR, num_gpus=gpus_per_worker if gpus else 0,
+                            num_cpus=CPUS_PER_ACTOR, num_gpus=gpus,
                             max_task_retries=MAX_TASK_RETRIES)
     yield from ds.iter_rows()
 
@@ -210,7 +230,7 @@ def ray_session(address: str | None) -> Iterator[None]:
 # -- the driver -----------------------------------------------------------------------------------
 def encode_store_ray(store: Store, encoder: Encoder, batch_size: int = 8, address: str | None = None,
                      gpus_per_worker: float = 1.0, cpus_per_decode: float = 1.0, shard_size: int = SHARD_VIDEOS,
-                     progress: bool = True, target: str = "videos") -> EncodeSummary:
+                     progress: bool = True, target: str = "videos", device: str = "auto") -> EncodeSummary:
     """Embed every video of `store` that `encoder` has not embedded yet, on Ray; same vectors as the local engine."""
     if target != "videos":
         raise BadInput("--engine ray encodes videos; encode reports with --engine local (text is fast)")
@@ -221,7 +241,7 @@ def encode_store_ray(store: Store, encoder: Encoder, batch_size: int = 8, addres
     staging = staging_dir(store, encoder.name)
     args = {"encoder": encoder.name, "target": target, "engine": "ray", "ray_address": address,
             "batch_size": batch_size, "shard_size": shard_size, "gpus_per_worker": gpus_per_worker,
-            "cpus_per_decode": cpus_per_decode, "weights_sha256": prov["weights_sha256"]}
+            "cpus_per_decode": cpus_per_decode, "device": device, "weights_sha256": prov["weights_sha256"]}
     start = time.perf_counter()
     with store.run("encode", args) as run, store.writer(prov, target, run) as write:
         for path in leftover_shards(staging):
@@ -232,7 +252,7 @@ def encode_store_ray(store: Store, encoder: Encoder, batch_size: int = 8, addres
             with ray_session(address), bar(total=len(items), desc=f"encode {encoder.name} (ray)", unit="video",
                                            enabled=progress) as pbar:
                 for row in shard_stream(items, EncoderRecipe.of(encoder), encoder.preparer, staging, run.run_id,
-                                        batch_size, shard_size, gpus_per_worker, cpus_per_decode):
+                                        batch_size, shard_size, gpus_per_worker, cpus_per_decode, device):
                     merge_shard(write, Path(row["shard"]), run)
                     pbar.update(int(row["videos"]))
         summary.added = run.added

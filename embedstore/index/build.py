@@ -23,7 +23,8 @@ import faiss
 import numpy as np
 
 from embedstore.errors import BadInput, NotFound
-from embedstore.index import large
+from embedstore.devices import faiss_gpus
+from embedstore.index import exact, large
 from embedstore.progress import bar
 from embedstore.store import Store
 from embedstore.store.store import TARGETS
@@ -197,17 +198,30 @@ def _train(index: faiss.Index, store: Store, encoder: str, target: str, rows: np
     ivf = faiss.try_extract_index_ivf(index)
     want = max(64 * (ivf.nlist if ivf is not None else 256), 65_536)
     sample = np.sort(np.random.default_rng(SEED).choice(rows, size=min(want, len(rows)), replace=False))
-    if ivf is not None and faiss.get_num_gpus() > 0:
-        _cluster_on_gpu(ivf)
-    index.train(store.vectors.read_rows(encoder, target, sample))
+    train_index(index, store.vectors.read_rows(encoder, target, sample))
 
 
-def _cluster_on_gpu(ivf: faiss.IndexIVF) -> None:
-    """Run the IVF k-means on the GPUs (the slow part of training); stay on CPU if that fails."""
+def train_index(index: faiss.Index, vectors: np.ndarray) -> None:
+    """index.train, with an IVF's k-means (the slow part) on the GPUs when FAISS sees any.
+
+    The GPU index is detached after training so its memory is freed with this call (left attached,
+    every build in a long-lived process kept one); a GPU failure trains on the CPU instead.
+    """
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or faiss_gpus() == 0:
+        index.train(vectors)
+        return
     try:
-        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, ivf.metric_type))
+        on_gpus = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, ivf.metric_type))
     except (AttributeError, RuntimeError):
-        pass
+        index.train(vectors)
+        return
+    ivf.clustering_index = on_gpus  # a plain pointer: `on_gpus` keeps the GPU index alive meanwhile
+    try:
+        index.train(vectors)
+    finally:
+        ivf.clustering_index = None
+        del on_gpus
 
 
 def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray,
@@ -237,7 +251,7 @@ def exact_neighbours(store: Store, encoder: str, target: str, rows: np.ndarray, 
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     position = 0
     for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
-        scores, local = faiss.knn(queries, vectors, min(k, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
+        scores, local = exact.knn(queries, vectors, min(k, len(vectors)))
         heap.add_result(scores, np.where(local >= 0, rows[position + np.maximum(local, 0)], -1))
         position += len(vectors)
     heap.finalize()

@@ -95,9 +95,7 @@ def build_large(store: Store, encoder: str, target: str, factory: str, reason: s
     if isinstance(ivf, faiss.IndexIVFPQ):
         ivf.do_polysemous_training = False  # serves Hamming-filtered search only, and is most of the training time
     queries, sample = _held_out_split(rows, max(64 * ivf.nlist, 65_536))
-    if faiss.get_num_gpus() > 0:
-        build._cluster_on_gpu(ivf)
-    base.train(store.vectors.read_rows(encoder, target, sample))
+    build.train_index(base, store.vectors.read_rows(encoder, target, sample))
     with bar(total=2 * len(rows), desc=f"index {encoder}.{target}", unit="vec", enabled=progress) as pbar:
         for batch_rows, vectors in _row_batches(store, encoder, target, rows):
             base.add_with_ids(vectors, batch_rows)

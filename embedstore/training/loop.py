@@ -70,8 +70,9 @@ class Trainer:
         self.epoch, self.best_epoch, self.best_auc = state["epoch"], state["best_epoch"], state["best_auc"]
         self.history, self.init = list(state["history"]), state["init"]
         torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:  # saved on a host with more or fewer GPUs: the ones both have
+            for device, rng in enumerate(state["rng"]["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(rng, device)
 
     # -- one epoch ------------------------------------------------------------------------------
     def fit_epoch(self, epoch: int, cohort: Cohort) -> None:
