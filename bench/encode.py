@@ -1,6 +1,7 @@
 """Encoder throughput: the whole `encode` pipeline vs the bare model forward, side by side.
 
     .venv/bin/python bench/encode.py [--encoders r3d,r3d-v0,videomae,echoclip] [--videos 16] [--frames 64]
+    .venv/bin/python bench/encode.py --device cuda --videos 64     # on a GPU (bench/gpu_smoke.py runs it)
 
 Pipeline = read + decode + prepare (threads running ahead) + model + HDF5/DuckDB write, through
 `encode_store`. Bare = `embed_prepared` on inputs already decoded and prepared in memory, same
@@ -26,7 +27,7 @@ from embedstore.encoders import get_encoder
 from embedstore.store import open_store
 from embedstore.video.read import read_video
 
-HEAVY = {"videomae": 4, "echoclip": 4, "echoclip-r": 4}  # videos for the slow CPU models
+HEAVY = {"videomae": 4, "echoclip": 4, "echoclip-r": 4}  # videos for the slow models on a CPU
 
 
 def bare(enc, paths: list[Path], batch_size: int) -> float:
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-encode-"))
@@ -65,15 +67,16 @@ def main() -> None:
         ingest(work / "cohort", st, progress=False)
         rows = st.catalog.query("SELECT video_id, source_path FROM videos ORDER BY video_id")
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+    gpu = f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    print(f"machine: {platform.processor() or platform.machine()}{gpu}, torch threads {torch.get_num_threads()}, "
           f"{args.videos} phantom videos x {args.frames} frames 112x112, batch {args.batch_size}, "
           f"{args.workers} decode threads, median of {args.repeats}")
     print("| encoder | videos | pipeline videos/s | bare model videos/s | pipeline / bare |")
     print("|---|---|---|---|---|")
     for name in args.encoders.split(","):
-        n = min(args.videos, HEAVY.get(name, args.videos))
+        n = min(args.videos, HEAVY.get(name, args.videos)) if args.device == "cpu" else args.videos
         subset = rows[:n]
-        enc = get_encoder(name, random_init=True, device="cpu")
+        enc = get_encoder(name, random_init=True, device=args.device)
         bs = min(args.batch_size, int(enc.options["batch_size"])) if name == "r3d-v0" else args.batch_size
         bare(enc, [Path(p) for _, p in subset[:1]], bs)  # warm-up
         bares, pipes = [], []
