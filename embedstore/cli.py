@@ -206,6 +206,8 @@ def index_cmd(
     params = ", ".join(f"{k} {v}" for k, v in side["search_params"].items()) or "exact"
     typer.echo(f"index {encoder}.{target}: {side['factory']} ({side['choice']}), n {side['n']}, "
                f"recall@10 {side['recall_at_10']:.3f} ({params}), {side['build_seconds']:.1f} s")
+    if side.get("retuned"):
+        typer.echo(f"  retuned to recall {side['recall_target']} along the measured curve: same vectors, no rebuild")
 
 
 @command("search")

@@ -9,7 +9,7 @@ import pytest
 
 from bench.vectors import LatentMixture
 from embedstore.errors import BadInput, NotFound
-from embedstore.index import Searcher, build_index, load_index
+from embedstore.index import Searcher, build, build_index, load_index
 from embedstore.index.build import choose_factory, exact_neighbours, index_paths, recall_at
 from embedstore.store import open_store
 
@@ -119,3 +119,48 @@ def test_build_errors_are_one_line(small, tmp_path):
         build_index(store, "toy", target="reports", progress=False)
     for exc in (bad, unknown, missing, target, empty):
         assert "\n" not in str(exc.value)
+
+
+def test_tuning_picks_the_smallest_setting_that_reaches_the_target_on_held_out_vectors(tmp_path):
+    """The curve is measured with each query's own vector left out; the chosen efSearch is the first
+    point of the grid at the target, and its recall is what an independent count gives."""
+    store, ids, vectors = make_store(tmp_path / "s", 3000)
+    with store:
+        side = build_index(store, "toy", factory="HNSW4", progress=False, recall_target=0.99)
+        curve = side["curve"]
+        assert [p["efSearch"] for p in curve] == list(build.EF_SEARCH[: len(curve)])
+        first = next(i for i, p in enumerate(curve) if p["recall_at_10"] >= 0.99)
+        assert first > 0 and side["search_params"] == {"efSearch": curve[first]["efSearch"]}
+        assert all(p["recall_at_10"] < 0.99 for p in curve[:first])
+        index, _ = load_index(store, "toy")
+        rows = np.array([r for _, r in store.catalog.embedding_map("toy", "videos")])
+        sample = np.sort(np.random.default_rng(build.SEED).choice(rows, size=1000, replace=False))
+        queries = store.vectors.read_rows("toy", "videos", sample)
+        everything = store.vectors.read_rows("toy", "videos", np.sort(rows))
+        scores = queries @ everything.T
+        scores[np.arange(len(sample)), np.searchsorted(np.sort(rows), sample)] = -np.inf  # leave itself out
+        truth = np.sort(rows)[np.argsort(-scores, axis=1)[:, :10]]
+        _, found = index.search(queries, 11, params=faiss.SearchParametersHNSW(efSearch=curve[first]["efSearch"]))
+        found = np.stack([f[f != s][:10] for f, s in zip(found, sample)])
+        assert abs(recall_at(found, truth) - curve[first]["recall_at_10"]) < 0.005  # float ties at the 10th place
+
+
+def test_index_recall_moves_along_the_curve_without_a_rebuild(tmp_path):
+    from typer.testing import CliRunner
+
+    from embedstore.cli import app
+
+    store, _, _ = make_store(tmp_path / "s", 3000)
+    with store:
+        first = build_index(store, "toy", factory="HNSW8", progress=False, recall_target=0.9)
+        index_path, _ = index_paths(store, "toy")
+    before = index_path.stat()
+    result = CliRunner().invoke(app, ["index", "--store", str(tmp_path / "s"), "--encoder", "toy", "--factory", "HNSW8",
+                                      "--recall", "0.99", "--json"])
+    assert result.exit_code == 0, result.output
+    side = json.loads(result.output)
+    after = index_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # the index file was not rewritten
+    expected = next(p for p in first["curve"] if p["recall_at_10"] >= 0.99)
+    assert side["search_params"] == {"efSearch": expected["efSearch"]} and side["recall_at_10"] == expected["recall_at_10"]
+    assert side["search_params"]["efSearch"] > first["search_params"]["efSearch"] and side["retuned"]

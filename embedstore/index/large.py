@@ -196,7 +196,7 @@ def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.n
     """
     k = min(build.RECALL_K, len(rows) - 1)
     queries = store.vectors.read_rows(encoder, target, query_rows)
-    truth = _without_own(build.exact_neighbours(store, encoder, target, rows, queries, k + 1), query_rows, k)
+    truth = build.without_own(build.exact_neighbours(store, encoder, target, rows, queries, k + 1), query_rows, k)
     best: tuple[float, dict, float] | None = None
     highest: tuple[float, dict] = (-1.0, {})
     probes = build.NPROBE
@@ -206,7 +206,7 @@ def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.n
             started = time.perf_counter()
             _, found = index.search(queries, k + 1, params=search_parameters(params))
             seconds = time.perf_counter() - started
-            measured = round(build.recall_at(_without_own(found, query_rows, k), truth), 4)
+            measured = round(build.recall_at(build.without_own(found, query_rows, k), truth), 4)
             highest = max(highest, (measured, params), key=lambda pair: pair[0])
             if measured >= recall:
                 if best is None or seconds < best[0]:
@@ -214,11 +214,6 @@ def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.n
                 probes = probes[: probes.index(nprobe) + 1]
                 break
     return (best[1], best[2]) if best else (highest[1], highest[0])
-
-
-def _without_own(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """The first k results of each query other than the query's own row."""
-    return np.stack([f[f != o][:k] for f, o in zip(found, own)])
 
 
 # -- freshness --------------------------------------------------------------------------------------
