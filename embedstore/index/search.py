@@ -9,7 +9,9 @@ also keeps writers out for the Searcher's lifetime, so the loaded index cannot g
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,8 +21,8 @@ import numpy as np
 
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters
-from embedstore.index.filters import allowed_rows
 from embedstore.store import Store, normalise
+from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
 from embedstore.store.store import TARGETS
 from embedstore.video.read import Video, read_video
 
@@ -30,6 +32,7 @@ META_COLUMNS = {
     "reports": ("reports", "report_id", ("patient_id", "study_id", "video_id", "text")),
 }
 NO_ROWS = np.zeros(0, dtype=np.int64)
+FILTERS_CACHED = 32  # where-filters' allowed rows kept per Searcher (its catalog cannot change while it is open)
 EXACT_SUBSET_MAX = 8192  # a filter leaving at most this many rows is answered by exact search over them
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
 
@@ -181,6 +184,28 @@ class Searcher:
         self._plain_params: dict[int, faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
+        self.filter_timeout_s = FILTER_TIMEOUT_S  # the service lowers it to its request budget
+        self._filters: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._filters_lock = threading.Lock()
+
+    def allowed(self, where: str) -> np.ndarray:
+        """Rows that pass `where`, evaluated once per (filter, catalog version) and kept in a small LRU.
+
+        The version is the index sidecar's store fingerprint: a Searcher's vectors and rows are fixed
+        for its lifetime, so an entry can only go stale with the Searcher itself.
+        """
+        key = (where, str(self.sidecar.get("fingerprint")))
+        with self._filters_lock:
+            if key in self._filters:
+                self._filters.move_to_end(key)
+                return self._filters[key]
+        rows = allowed_rows(self.store.catalog, self.encoder, self.target, where, self.filter_timeout_s)
+        rows.setflags(write=False)
+        with self._filters_lock:
+            self._filters[key] = rows
+            while len(self._filters) > FILTERS_CACHED:
+                self._filters.popitem(last=False)
+        return rows
 
     @cached_property
     def _row_of_id(self) -> dict[str, int]:
@@ -268,7 +293,7 @@ class Searcher:
                 query: dict, start: float) -> SearchResult:
         self._check_k(k)
         exclude = self._rows_of(exclude_ids)
-        allowed = None if where is None else allowed_rows(self.store, self.encoder, self.target, where)
+        allowed = None if where is None else self.allowed(where)
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
         else:

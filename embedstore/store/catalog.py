@@ -66,9 +66,8 @@ class Catalog:
         self._cursors_lock = threading.Lock()
         if not read_only:
             self.con.execute(SCHEMA)
-            if self.get_meta("salt") is None:
+            if self.get_meta("schema_version") is None:
                 with self.transaction():
-                    self.set_meta("salt", secrets.token_hex(16))
                     self.set_meta("schema_version", SCHEMA_VERSION)
                     self.set_meta("created_at", now().isoformat())
 
@@ -110,6 +109,9 @@ class Catalog:
 
     def set_meta(self, key: str, value: str) -> None:
         self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def delete_meta(self, key: str) -> None:
+        self.con.execute("DELETE FROM meta WHERE key = ?", [key])
 
     # -- videos, patients, studies, reports ----------------------------------------------------
     def known_sha256(self) -> dict[str, str]:

@@ -1,0 +1,145 @@
+"""Issue 16 as an attacker would try it: filters that can only filter, the pseudonym key out of reach,
+bounded filter work, no server paths over REST, run records of killed jobs, a quiet /health."""
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from embedstore.errors import BadInput, Conflict
+from embedstore.index.build import build_index
+from embedstore.index.search import Searcher
+from embedstore.store import open_store
+from embedstore.store.expressions import check
+
+PROV = {"encoder": "toy", "dim": 4, "weights": "random-init", "weights_sha256": "random-init",
+        "preprocessing": {}, "package_version": "test", "modalities": ["video"]}
+
+# Each reads something a filter must not: the salt, report texts, run arguments, files, the environment,
+# settings; or costs more than a filter may (a cross join); or reaches past the WHERE clause.
+PROBES = [
+    "(SELECT substr(value,1,1) FROM meta WHERE key='salt') = '4'",
+    "EXISTS (SELECT 1 FROM meta WHERE key = 'salt_check')",
+    "EXISTS (SELECT 1 FROM reports WHERE text LIKE '%dilated%')",
+    "(SELECT args FROM runs LIMIT 1) LIKE '%/%'",
+    "video_id IN (SELECT item_id FROM embeddings)",
+    "(SELECT count(*) FROM read_csv('/etc/hostname')) > 0",
+    "(SELECT count(*) FROM read_parquet('/tmp/x.parquet')) > 0",
+    "(SELECT count(*) FROM glob('/*')) > 0",
+    "(SELECT count(*) FROM range(100000) a, range(100000) b) > 0",
+    "getenv('HOME') IS NOT NULL",
+    "current_setting('threads') > 0",
+    "main.lower(split) = 'test'",
+    "system.main.getenv('HOME') = ''",
+    "meta.value = 'x'",
+    "videos.source_path LIKE '/%'",
+    "source_path LIKE '/%'",
+    "sha256 = 'x'",
+    "count(*) > 0",
+    "row_number() OVER () > 1",
+    "ef > $1",
+    "1=1 ORDER BY ef",
+    "1=1 LIMIT 1",
+    "1=1 UNION SELECT * FROM meta",
+    "1=1 GROUP BY split",
+    "list_filter([1, 2], x -> x > 1) = [2]",
+    "query('SELECT 1') IS NULL",
+    "1=1; SELECT * FROM meta",
+]
+ALLOWED = [
+    "split = 'TEST' AND ef < 40",
+    "lower(split) LIKE 't%' OR ef BETWEEN 30 AND 40",
+    "coalesce(ef, 0) > 1 AND CAST(ef AS INTEGER) <> 3",
+    "CASE WHEN ef > 21 THEN true ELSE false END",
+    "split IN ('TEST', 'VAL') AND NOT (ef IS NULL) AND abs(ef - 50) < 100",
+    "year(added_at) > 2000 AND patient_id IS NOT NULL",
+]
+
+
+@pytest.fixture()
+def toy(tmp_path):
+    path = tmp_path / "s"
+    with open_store(path, create=True) as st:
+        st.add_videos([{"video_id": f"v{i}", "split": "TEST" if i % 2 else "TRAIN", "ef": 20.0 + i,
+                        "patient_id": f"p{i}", "source_path": f"/srv/MRN-{i}/clip.avi"} for i in range(8)])
+        st.add_reports([{"report_id": "r1", "video_id": "v1", "text": "dilated left ventricle"}])
+        st.add_vectors(PROV, [f"v{i}" for i in range(8)], np.random.default_rng(0).normal(size=(8, 4)))
+        with st.run("ingest", {"source": "/srv/patients"}):
+            pass
+        build_index(st, "toy", progress=False)
+    return path
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_filters_reach_nothing_but_the_searched_rows(toy, probe):
+    with open_store(toy, read_only=True) as st:
+        searcher = Searcher(st, "toy")
+        with pytest.raises(BadInput) as exc:
+            searcher.search_id("v1", k=3, where=probe)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("guess", "0123456789abcdef")
+def test_the_salt_probe_is_refused_for_every_guess(toy, guess):
+    with open_store(toy, read_only=True) as st:
+        with pytest.raises(BadInput, match="subqueries are not allowed"):
+            Searcher(st, "toy").search_id("v1", k=3, where=f"(SELECT substr(value,1,1) FROM meta WHERE key='salt') = '{guess}'")
+
+
+@pytest.mark.parametrize("where", ALLOWED)
+def test_plain_conditions_still_filter(toy, where):
+    with open_store(toy, read_only=True) as st:
+        result = Searcher(st, "toy").search_id("v1", k=8, where=where, exclude_self=False)
+    assert result.filtered_out + len(result.hits) == 8 and 0 < len(result.hits)
+
+
+def test_the_label_uses_the_same_check():
+    assert check("ef < 50", "videos", "--label").text == "ef < 50"
+    with pytest.raises(BadInput, match="--label .*subqueries are not allowed"):
+        check("ef < (SELECT 1)", "videos", "--label")
+    with pytest.raises(BadInput, match='column "text" not found'):
+        check("text LIKE '%a%'", "videos")
+    assert check("text LIKE '%a%'", "reports").table == "reports"  # a report search may filter its own text
+
+
+# -- the pseudonym key ------------------------------------------------------------------------------
+def test_the_salt_lives_in_a_private_key_file_not_in_the_catalog(toy):
+    key = toy / "salt.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_text().strip()) == 32
+    with open_store(toy, read_only=True) as st:
+        assert st.salt == key.read_text().strip()
+        assert st.catalog.get_meta("salt") is None
+        assert st.salt not in str(st.catalog.query("SELECT * FROM meta"))
+
+
+def test_a_store_from_before_moves_its_salt_on_first_writable_open(toy):
+    old = "0123456789abcdef0123456789abcdef"
+    (toy / "salt.key").unlink()
+    with open_store(toy) as st:  # as the old code left it: the salt in meta, no key file
+        st.catalog.delete_meta("salt_check")
+        st.catalog.set_meta("salt", old)
+        (toy / "salt.key").unlink()
+    with open_store(toy, read_only=True) as st:
+        assert st.salt == old  # read-only opens still find it
+    with open_store(toy) as st:
+        assert st.salt == old and st.catalog.get_meta("salt") is None
+    assert (toy / "salt.key").read_text().strip() == old and stat.S_IMODE((toy / "salt.key").stat().st_mode) == 0o600
+
+
+def test_the_key_may_come_from_the_environment_and_a_wrong_one_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDSTORE_SALT", "kept-elsewhere")
+    with open_store(tmp_path / "s", create=True) as st:
+        assert st.salt == "kept-elsewhere"
+    assert not (tmp_path / "s" / "salt.key").exists()
+    monkeypatch.setenv("EMBEDSTORE_SALT", "another")
+    with open_store(tmp_path / "s") as st, pytest.raises(Conflict, match="not the one store s was made with"):
+        st.salt
+    monkeypatch.delenv("EMBEDSTORE_SALT")
+    key = tmp_path / "key"
+    key.write_text("kept-elsewhere\n")
+    monkeypatch.setenv("EMBEDSTORE_SALT_FILE", str(key))
+    with open_store(tmp_path / "s") as st:
+        assert st.salt == "kept-elsewhere"
+    assert os.environ["EMBEDSTORE_SALT_FILE"] == str(key)
