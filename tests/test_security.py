@@ -143,3 +143,17 @@ def test_the_key_may_come_from_the_environment_and_a_wrong_one_is_refused(tmp_pa
     with open_store(tmp_path / "s") as st:
         assert st.salt == "kept-elsewhere"
     assert os.environ["EMBEDSTORE_SALT_FILE"] == str(key)
+
+
+def test_sql_lives_only_in_the_store():
+    """Issue 15: every statement is a named catalog query, so the checks above guard the only door."""
+    import re
+    from pathlib import Path
+
+    import embedstore
+
+    root = Path(embedstore.__file__).parent
+    statement = re.compile(r"SELECT|INSERT |UPDATE |DELETE ")
+    outside = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py") if p.parent.name != "store" or p.parent.parent != root
+               for n, line in enumerate(p.read_text().splitlines(), 1) if statement.search(line)]
+    assert outside == []

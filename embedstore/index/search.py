@@ -103,10 +103,7 @@ class QueryEncoder:
 
     def _check_reproduces(self, model) -> None:
         """Embed one stored video again; random weights that differ from the encode run give garbage neighbours."""
-        rows = self.store.catalog.query(
-            "SELECT e.item_id, v.source_path FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
-            "WHERE e.encoder = ? AND e.target = 'videos' AND v.source_path IS NOT NULL ORDER BY e.\"row\" LIMIT 20",
-            [self.name])
+        rows = self.store.catalog.embedded_files(self.name, 20)
         found = next(((i, p) for i, p in rows if Path(p).is_file()), None)
         if found is None:
             return
@@ -133,11 +130,7 @@ class QueryEncoder:
         """The id of a stored video with a vector whose file has exactly these bytes."""
         from embedstore.datasets.ingest import sha256_file
 
-        row = self.store.catalog.query(
-            "SELECT v.video_id FROM videos v JOIN embeddings e ON e.item_id = v.video_id "
-            "WHERE v.sha256 = ? AND e.encoder = ? AND e.target = 'videos' ORDER BY v.video_id LIMIT 1",
-            [sha256_file(path), self.name])
-        return row[0][0] if row else None
+        return self.store.catalog.video_by_sha256(sha256_file(path), self.name)
 
     def text_vector(self, text: str) -> np.ndarray:
         """[1, D] text embedding; BadInput for an empty text or an encoder without a text tower."""
@@ -400,12 +393,7 @@ def _catalog_rows(store: Store, encoder: str, target: str) -> tuple[np.ndarray, 
     Held in memory so a hit costs a list lookup, not a catalog query (~100 bytes a row plus its strings).
     """
     table, key, columns = META_COLUMNS[target]
-    select = ", ".join(f"t.{c}" for c in columns)
-    with store.catalog.con.cursor() as cursor:  # a cursor of its own: the catalog may hold an unfinished result
-        data = cursor.sql(
-            f'SELECT e."row", e.item_id, {select} FROM embeddings e LEFT JOIN {table} t ON t.{key} = e.item_id '
-            'WHERE e.encoder = $encoder AND e.target = $target ORDER BY e."row"',
-            params={"encoder": encoder, "target": target}).to_arrow_table()
+    data = store.catalog.metadata_rows(encoder, target, columns)
     rows = data.column("row").to_numpy().astype(np.int64)
     meta = list(zip(*(data.column(c).to_pylist() for c in columns))) if len(rows) else []
     return rows, data.column("item_id").to_pylist(), columns, meta

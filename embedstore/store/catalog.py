@@ -11,7 +11,7 @@ import secrets
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import duckdb
 
@@ -23,6 +23,10 @@ VIDEO_COLUMNS = [
     "video_id", "source_path", "sha256", "patient_id", "study_id", "acquired_at", "view", "split",
     "n_frames", "fps", "height", "width", "format", "ef", "esv", "edv",
 ]
+
+METADATA_TABLES = {"videos": ("videos", "video_id"), "reports": ("reports", "report_id")}
+METADATA_COLUMNS = {"videos": (*VIDEO_COLUMNS, "added_at"),
+                    "reports": ("report_id", "study_id", "video_id", "patient_id", "text")}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -251,6 +255,65 @@ class Catalog:
             [encoder, target],
         ).fetchone()
         return f"{n}:{last}:{int(ids_hash) & 0xFFFFFFFFFFFF:x}"
+
+    # -- named questions of the layers above (SQL stays here) --------------------------------
+    def pending_videos(self, encoder: str) -> list[tuple[str, str]]:
+        """(video_id, source_path) of videos with a file and no `encoder` vector yet, by id."""
+        return [(r[0], r[1]) for r in self.query(
+            "SELECT video_id, source_path FROM videos v WHERE source_path IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM embeddings e WHERE e.encoder = ? AND e.target = 'videos' AND e.item_id = v.video_id) "
+            "ORDER BY video_id", [encoder])]
+
+    def report_texts(self) -> list[tuple[str, str]]:
+        """(report_id, text) of every report, by id."""
+        return self.query("SELECT report_id, text FROM reports ORDER BY report_id")
+
+    def report_links(self) -> dict[str, tuple[str | None, str | None]]:
+        """report_id -> (study_id, video_id)."""
+        return {r[0]: (r[1], r[2]) for r in self.query("SELECT report_id, study_id, video_id FROM reports")}
+
+    def embedded_files(self, encoder: str, limit: int) -> list[tuple[str, str]]:
+        """(video_id, source_path) of the first `limit` videos, in vector row order, with an `encoder` vector and a path."""
+        return self.query(
+            "SELECT e.item_id, v.source_path FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
+            "WHERE e.encoder = ? AND e.target = 'videos' AND v.source_path IS NOT NULL ORDER BY e.\"row\" LIMIT ?",
+            [encoder, limit])
+
+    def video_by_sha256(self, sha256: str, encoder: str) -> str | None:
+        """The first id (by id) of a video with these file bytes and an `encoder` vector."""
+        row = self.query(
+            "SELECT v.video_id FROM videos v JOIN embeddings e ON e.item_id = v.video_id "
+            "WHERE v.sha256 = ? AND e.encoder = ? AND e.target = 'videos' ORDER BY v.video_id LIMIT 1",
+            [sha256, encoder])
+        return row[0][0] if row else None
+
+    def labelled_patients(self, encoder: str) -> list[tuple[str, str]]:
+        """(video_id, patient_id) of videos with an `encoder` vector and a patient, in vector row order."""
+        return self.query(
+            "SELECT e.item_id, v.patient_id FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
+            "WHERE e.encoder = ? AND e.target = 'videos' AND v.patient_id IS NOT NULL ORDER BY e.\"row\"", [encoder])
+
+    def video_columns(self, ids: list[str], columns: list[str]) -> list[tuple]:
+        """(video_id, *columns) of the given ids that have a row (any order); columns must be videos columns."""
+        unknown = [c for c in columns if c not in VIDEO_COLUMNS]
+        if unknown:
+            raise BadInput(f"unknown videos column(s) {unknown}; known: {', '.join(VIDEO_COLUMNS)}")
+        return self.query(f"SELECT video_id, {', '.join(columns)} FROM videos WHERE video_id IN (SELECT unnest(?))",
+                          [list(ids)])
+
+    def metadata_rows(self, encoder: str, target: str, columns: Sequence[str]):
+        """Arrow table of every committed (encoder, target) vector in row order: "row", "item_id" and the given
+        columns of its catalog row (nulls where it has none)."""
+        table, key = METADATA_TABLES[target]
+        unknown = [c for c in columns if c not in METADATA_COLUMNS[target]]
+        if unknown:
+            raise BadInput(f"unknown {table} column(s) {unknown}")
+        select = ", ".join(f"t.{c}" for c in columns)
+        with self.con.cursor() as cursor:  # a cursor of its own: the catalog may hold an unfinished result
+            return cursor.sql(
+                f'SELECT e."row", e.item_id, {select} FROM embeddings e LEFT JOIN {table} t ON t.{key} = e.item_id '
+                'WHERE e.encoder = $encoder AND e.target = $target ORDER BY e."row"',
+                params={"encoder": encoder, "target": target}).to_arrow_table()
 
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, command: str, args: dict) -> str:
