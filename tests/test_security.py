@@ -157,3 +157,24 @@ def test_sql_lives_only_in_the_store():
     outside = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py") if p.parent.name != "store" or p.parent.parent != root
                for n, line in enumerate(p.read_text().splitlines(), 1) if statement.search(line)]
     assert outside == []
+
+
+# -- run records --------------------------------------------------------------------------------------
+def test_a_killed_run_is_marked_interrupted_on_the_next_writable_open(toy):
+    import subprocess
+    import sys
+
+    crash = ("import os, sys; from embedstore.store import open_store\n"
+             "st = open_store(sys.argv[1])\n"
+             "with st.run('encode', {}):\n"
+             "    os._exit(9)  # no finally, no finish_run: as kill -9 leaves it\n")
+    done = subprocess.run([sys.executable, "-c", crash, str(toy)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 9
+    with open_store(toy, read_only=True) as st:  # a reader changes nothing
+        assert st.catalog.query("SELECT status FROM runs WHERE command = 'encode'") == [("running",)]
+    with open_store(toy) as st:
+        (status, finished, failures), = st.catalog.query("SELECT status, finished_at, failures FROM runs WHERE command = 'encode'")
+        assert status == "interrupted" and finished is not None and "killed or crashed" in failures
+        with st.run("index", {}):
+            assert st.catalog.close_dead_runs() == 0  # this process's own run is alive
+            assert st.catalog.query("SELECT status FROM runs WHERE command = 'index'") == [("running",)]

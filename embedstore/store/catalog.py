@@ -7,7 +7,9 @@ through a cursor of its own, since one DuckDB connection is not thread-safe.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +49,9 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (encoder, target, item_id));
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, command VARCHAR, args JSON, started_at TIMESTAMP, finished_at TIMESTAMP,
-    status VARCHAR, added INTEGER, failed INTEGER, failures JSON);
+    status VARCHAR, added INTEGER, failed INTEGER, failures JSON, pid INTEGER, host VARCHAR);
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 """
 
 
@@ -74,6 +78,7 @@ class Catalog:
                 with self.transaction():
                     self.set_meta("schema_version", SCHEMA_VERSION)
                     self.set_meta("created_at", now().isoformat())
+            self.close_dead_runs()
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -320,10 +325,28 @@ class Catalog:
         run_id = f"{now():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
         with self.transaction():
             self.con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, NULL, 'running', 0, 0, '[]')",
-                [run_id, command, json.dumps(args, default=str, sort_keys=True), now()],
+                "INSERT INTO runs (run_id, command, args, started_at, finished_at, status, added, failed, failures, pid, host) "
+                "VALUES (?, ?, ?, ?, NULL, 'running', 0, 0, '[]', ?, ?)",
+                [run_id, command, json.dumps(args, default=str, sort_keys=True), now(), os.getpid(), socket.gethostname()],
             )
         return run_id
+
+    def close_dead_runs(self) -> int:
+        """Mark 'interrupted' the runs still 'running' whose process is gone (killed, crashed, power cut).
+
+        Called on every writable open. A run of this host whose PID no longer exists, and a run recorded
+        before PIDs were (none can still be running: this open holds the store's write lock), are closed;
+        a run of another host is left as it is, since its process cannot be checked from here.
+        """
+        host, me = socket.gethostname(), os.getpid()
+        dead = [run_id for run_id, pid, run_host in self.query("SELECT run_id, pid, host FROM runs WHERE status = 'running'")
+                if pid is None or (run_host == host and pid != me and not _alive(pid))]
+        if dead:
+            note = json.dumps([{"item": "(run)", "error": "the process ended without recording its end (killed or crashed)"}])
+            with self.transaction():
+                self.con.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, failures = ? "
+                                 "WHERE run_id IN (SELECT unnest(?))", [now(), note, dead])
+        return len(dead)
 
     def finish_run(self, run_id: str, status: str, added: int, failures: list[dict]) -> None:
         with self.transaction():
@@ -335,6 +358,16 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         tables = ["videos", "patients", "studies", "reports", "embeddings", "encoders", "runs"]
         return {t: int(self.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 class _Transaction:
