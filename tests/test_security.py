@@ -178,3 +178,170 @@ def test_a_killed_run_is_marked_interrupted_on_the_next_writable_open(toy):
         with st.run("index", {}):
             assert st.catalog.close_dead_runs() == 0  # this process's own run is alive
             assert st.catalog.query("SELECT status FROM runs WHERE command = 'index'") == [("running",)]
+
+
+# -- the REST service ---------------------------------------------------------------------------------
+def _strings(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.fixture(scope="module")
+def served(served_store):
+    from embedstore.service.app import create_app
+    from embedstore.service.settings import Settings
+    from tests.servers import serving
+
+    with open_store(served_store, read_only=True) as st:
+        videos = st.videos()
+    with serving(create_app(served_store, Settings(api_token="tok"))) as url:
+        yield url, videos
+
+
+def _client(url, token="tok"):
+    import httpx
+
+    return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
+def test_rest_refuses_every_probe_alike(served):
+    url, videos = served
+    with _client(url) as c:
+        for probe in PROBES + [f"(SELECT substr(value,1,1) FROM meta WHERE key='salt') = '{g}'" for g in "0123456789abcdef"]:
+            response = c.post("/search", json={"encoder": "r3d", "k": 3, "query": {"video_id": videos[0]["video_id"]},
+                                               "where": probe})
+            assert response.status_code == 400 and response.json()["error"]["code"] == "bad_input", (probe, response.text)
+
+
+def test_no_rest_body_carries_a_server_path(served, served_store):
+    url, videos = served
+    video = videos[0]
+    with _client(url) as c, open(video["source_path"], "rb") as fh:
+        clip = fh.read()
+        bodies = [c.get("/health").json(), c.get("/encoders").json(), c.get(f"/videos/{video['video_id']}").json(),
+                  c.post("/search", json={"encoder": "r3d", "k": 5, "query": {"video_id": video["video_id"]}}).json(),
+                  c.post("/search", json={"encoder": "r3d", "k": 5, "query": {"video_id": video["video_id"]},
+                                          "where": "split IS NOT NULL", "same_patient": True}).json(),
+                  c.post("/search/video", files={"file": ("clip.avi", clip)}, data={"encoder": "r3d", "k": "3"}).json(),
+                  c.post("/similarity", json={"encoder": "r3d", "a": videos[0]["video_id"], "b": videos[1]["video_id"]}).json(),
+                  c.post("/similarity/videos", files={"a": ("a.avi", clip), "b": ("b.avi", clip)}, data={"encoder": "r3d"}).json(),
+                  c.get("/views/r3d", params={"method": "pca"}).json(),
+                  c.get("/videos/nope").json(), c.post("/search", json={"encoder": "nope", "query": {"text": "x"}}).json()]
+    assert bodies[3]["results"] and all(h["metadata"]["source_path"] is None for h in bodies[3]["results"])
+    found = [s for body in bodies for s in _strings(body)
+             if s.startswith("/") or "/tmp" in s or str(served_store) in s or s.startswith("~")]
+    assert found == []
+
+
+def test_trusted_local_use_may_show_paths(served_store):
+    from embedstore.service.settings import Settings
+    from embedstore.service.state import ServiceState
+
+    assert Settings.from_env({"EMBEDSTORE_EXPOSE_SOURCE_PATHS": "true"}).expose_source_paths is True
+    with pytest.raises(BadInput, match="EMBEDSTORE_EXPOSE_SOURCE_PATHS"):
+        Settings.from_env({"EMBEDSTORE_EXPOSE_SOURCE_PATHS": "maybe"})
+    state = ServiceState(served_store, Settings(expose_source_paths=True))
+    try:
+        video_id = state.store.videos()[0]["video_id"]
+        assert state.video(video_id)["metadata"]["source_path"].startswith("/")
+    finally:
+        state.close()
+    from types import SimpleNamespace
+
+    private = SimpleNamespace(settings=Settings(), store=SimpleNamespace(path=served_store))
+    assert ServiceState.public_path(private, str(served_store / "clips" / "a.avi")) == "clips/a.avi"
+    assert ServiceState.public_path(private, "/srv/MRN-123/a.avi") is None
+
+
+def test_health_without_the_token_says_only_ok(served):
+    url, videos = served
+    with _client(url, token=None) as anonymous, _client(url, token="wrong") as wrong, _client(url) as c:
+        assert anonymous.get("/health").json() == {"status": "ok"}
+        assert wrong.get("/health").json() == {"status": "ok"}
+        health = c.get("/health").json()
+    assert health["status"] == "ok" and health["videos"] == len(videos) and health["encoders"] == ["r3d"]
+
+
+# -- bounded work ------------------------------------------------------------------------------------
+def test_a_filter_is_evaluated_once_per_searcher(toy, monkeypatch):
+    from embedstore.index import search as search_module
+
+    calls = []
+    real = search_module.allowed_rows
+    monkeypatch.setattr(search_module, "allowed_rows", lambda *a: calls.append(a[3]) or real(*a))
+    with open_store(toy, read_only=True) as st:
+        searcher = Searcher(st, "toy")
+        first = searcher.search_id("v1", k=3, where="split = 'TEST'")
+        again = searcher.search_vector(np.ones(4), k=2, where="split = 'TEST'")
+        searcher.search_id("v1", k=3, where="ef < 24")
+    assert calls == ["split = 'TEST'", "ef < 24"] and first.filtered_out == again.filtered_out == 4
+
+
+def test_duckdb_work_past_its_budget_is_interrupted():
+    import time
+
+    import duckdb
+
+    from embedstore.store.expressions import deadline
+
+    con = duckdb.connect()
+    start = time.perf_counter()
+    with pytest.raises(BadInput, match="ran past its 0.3 s budget"):
+        with deadline(con, 0.3, "--where 'x'"):
+            con.sql("SELECT count(*) FROM range(1000000000) a, range(100000) b WHERE a.range + b.range = 7").fetchall()
+    assert time.perf_counter() - start < 5
+
+
+def test_a_costly_filter_never_holds_up_another_clients_id_search(served_store, monkeypatch):
+    """The filter runs beside the search lane and is interrupted at its budget; id searches meanwhile stay fast."""
+    import threading
+    import time
+
+    from embedstore.index import search as search_module
+    from embedstore.service.app import create_app
+    from embedstore.service.settings import Settings
+    from embedstore.store.expressions import check, deadline
+    from tests.servers import serving
+
+    def costly(catalog, encoder, target, where, timeout_s):  # a filter that passed the check yet costs a lot
+        check(where, target)
+        with catalog.con.cursor() as cursor, deadline(cursor, timeout_s, f"--where {where!r}"):
+            cursor.sql("SELECT count(*) FROM range(1000000000) a, range(100000) b WHERE a.range + b.range = 7").fetchall()
+
+    monkeypatch.setattr(search_module, "allowed_rows", costly)
+    with open_store(served_store, read_only=True) as st:
+        video_id = st.videos()[0]["video_id"]
+    settings = Settings(filter_timeout_s=2.0, request_timeout_s=6.0)
+    with serving(create_app(served_store, settings)) as url, _client(url, None) as c, _client(url, None) as other:
+        query = {"encoder": "r3d", "k": 3, "query": {"video_id": video_id}}
+        assert c.post("/search", json=query).status_code == 200  # warm
+        answered: list = []
+
+        def slow() -> None:
+            start = time.perf_counter()
+            answered.append(other.post("/search", json={**query, "where": "ef > 0"}))
+            answered.append(time.perf_counter() - start)
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        latencies = []
+        while thread.is_alive():
+            start = time.perf_counter()
+            assert c.post("/search", json=query).status_code == 200
+            latencies.append(time.perf_counter() - start)
+        thread.join()
+    response, took = answered
+    assert response.status_code == 400 and "budget" in response.json()["error"]["message"]
+    assert 1.5 < took < settings.request_timeout_s
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    print(f"id searches during the costly filter: {len(latencies)}, p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
+          f"filter answered in {took:.2f} s")
+    assert len(latencies) > 20 and p99 < 0.1, (len(latencies), p99, latencies[-3:])
