@@ -47,6 +47,8 @@ PROBES = [
     "list_filter([1, 2], x -> x > 1) = [2]",
     "query('SELECT 1') IS NULL",
     "1=1; SELECT * FROM meta",
+    "NOT " * 990 + "true",  # deeper than Python reads a parse tree: refused, not a 500
+    "ef" + " + 1" * 900 + " > 3",
 ]
 ALLOWED = [
     "split = 'TEST' AND ef < 40",

@@ -73,10 +73,13 @@ def check(text: str | None, table: str, what: str = "--where") -> Checked:
         expression = duckdb.SQLExpression(text)
     except duckdb.Error as exc:
         raise BadInput(f"{what} {text!r} is not a single SQL expression: {first_line(exc)}") from None
-    tree = _tree(f"SELECT * FROM t WHERE {text}")
-    if tree is None:
-        raise BadInput(f"{what} {text!r} is not a single SQL expression; give a condition such as {hint}")
-    problem = _refusal(tree, set(COLUMNS[table]))
+    try:
+        tree = _tree(f"SELECT * FROM t WHERE {text}")
+        if tree is None:
+            raise BadInput(f"{what} {text!r} is not a single SQL expression; give a condition such as {hint}")
+        problem = _refusal(tree, set(COLUMNS[table]))
+    except RecursionError:
+        raise BadInput(f"{what} is nested too deeply; write the condition more plainly") from None
     if problem:
         raise BadInput(f"{what} {text!r}: {problem} (columns of {table}: {', '.join(COLUMNS[table])})")
     return Checked(text, table, expression)
