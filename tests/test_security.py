@@ -56,6 +56,7 @@ ALLOWED = [
     "coalesce(ef, 0) > 1 AND CAST(ef AS INTEGER) <> 3",
     "CASE WHEN ef > 21 THEN true ELSE false END",
     "split IN ('TEST', 'VAL') AND NOT (ef IS NULL) AND abs(ef - 50) < 100",
+    "split <> 'a;b' OR split IS NULL",  # a ';' inside a literal is text, not a second statement
     "year(added_at) > 2000 AND patient_id IS NOT NULL",
 ]
 
