@@ -41,14 +41,9 @@ class EncodeSummary:
 
 def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], int]:
     """(video_id, path) of videos with a file and no vector yet for `encoder`, and how many have one."""
-    rows = store.catalog.query(
-        "SELECT video_id, source_path FROM videos v WHERE source_path IS NOT NULL AND NOT EXISTS "
-        "(SELECT 1 FROM embeddings e WHERE e.encoder = ? AND e.target = 'videos' AND e.item_id = v.video_id) "
-        "ORDER BY video_id",
-        [encoder],
-    )
+    rows = store.catalog.pending_videos(encoder)
     done = len(store.catalog.embedded_ids(encoder, "videos"))
-    return [(r[0], r[1]) for r in rows], done
+    return rows, done
 
 
 def prepare_one(item: tuple[str, str], preparer) -> tuple[str, np.ndarray | str]:
@@ -155,7 +150,7 @@ def _encode_reports(store: Store, encoder, write, batch_size: int, summary: Enco
     if "text" not in encoder.modalities:
         raise BadInput(f"encoder {encoder.name} has no text tower; embed reports with echoclip or echoclip-r")
     done = store.catalog.embedded_ids(encoder.name, "reports")
-    rows = [r for r in store.catalog.query("SELECT report_id, text FROM reports ORDER BY report_id") if r[0] not in done]
+    rows = [r for r in store.catalog.report_texts() if r[0] not in done]
     summary.already = len(done)
     for start in bar(range(0, len(rows), batch_size), total=-(-len(rows) // batch_size), desc=f"encode {encoder.name} reports",
                      unit="batch", enabled=progress):

@@ -50,8 +50,8 @@ def test_encode_killed_half_way_resumes_to_exactly_one_vector_per_video(ingested
         all_ids = sorted(st.catalog.video_ids())
     assert sorted(ids) == all_ids and len(ids) == 60 == len(set(ids))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    # The killed run never finished (status stays 'running'); the second added the rest.
-    assert [r[0] for r in runs] == ["running", "done"] and runs[1][1] == 60 - done_first
+    # The killed run never finished: the second run's writable open marked it interrupted; the second added the rest.
+    assert [r[0] for r in runs] == ["interrupted", "done"] and runs[1][1] == 60 - done_first
 
     # Vectors from before and after the kill come from the same (seeded) random model.
     enc = get_encoder("r3d", random_init=True)

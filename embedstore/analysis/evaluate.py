@@ -265,7 +265,7 @@ def retrieval(d: Data) -> dict:
     if not catalog.embedding_map(d.encoder, "reports"):
         raise Skip(f"no report vectors for {d.encoder} (encode reports with a text encoder: --target reports)")
     report_ids, report_vectors = d.store.all_vectors(d.encoder, "reports")
-    links = {r[0]: (r[1], r[2]) for r in catalog.query("SELECT report_id, study_id, video_id FROM reports")}
+    links = catalog.report_links()
     position = {v: k for k, v in enumerate(d.ids)}
     by_study: dict[str, list[int]] = {}
     for k, study in enumerate(d.studies):

@@ -48,8 +48,7 @@ def video_labels(store: Store, ids: Sequence[str], columns: Sequence[str]) -> di
     unknown = [c for c in columns if c not in VIDEO_COLUMNS]
     if unknown:
         raise BadInput(f"unknown videos column(s) {unknown}; known: {', '.join(VIDEO_COLUMNS)}")
-    rows = store.catalog.query(
-        f"SELECT video_id, {', '.join(columns)} FROM videos WHERE video_id IN (SELECT unnest(?))", [list(ids)])
+    rows = store.catalog.video_columns(list(ids), list(columns))
     found = {r[0]: r[1:] for r in rows}
     empty = (None,) * len(columns)
     return {c: [_plain(found.get(i, empty)[k]) for i in ids] for k, c in enumerate(columns)}

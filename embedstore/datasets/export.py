@@ -144,13 +144,8 @@ def export(store: Store, encoder: str, out: str | Path, fmt: str = "hdf5", split
 def _catalog_table(store: Store, encoder: str, target: str, splits: list[str] | None) -> tuple[np.ndarray, pa.Table]:
     """(HDF5 rows, metadata table) of the vectors to export, in row order; vectors without a catalog row get nulls."""
     schema = SCHEMAS[target]
-    key, table_name = schema.names[0], target
-    columns = ", ".join(f"t.{c}" for c in schema.names[1:])
-    with store.catalog.con.cursor() as cursor:
-        data = cursor.sql(
-            f'SELECT e."row", e.item_id AS {key}, {columns} FROM embeddings e LEFT JOIN {table_name} t '
-            f'ON t.{key} = e.item_id WHERE e.encoder = $encoder AND e.target = $target ORDER BY e."row"',
-            params={"encoder": encoder, "target": target}).to_arrow_table()
+    data = store.catalog.metadata_rows(encoder, target, schema.names[1:])
+    data = data.rename_columns(["row", *schema.names])
     if splits:
         wanted = [s.strip().upper() for s in splits if s.strip()]
         present = sorted(str(s) for s in pc.unique(data.column("split")).to_pylist())

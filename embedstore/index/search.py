@@ -9,7 +9,9 @@ also keeps writers out for the Searcher's lifetime, so the loaded index cannot g
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,8 +21,8 @@ import numpy as np
 
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters
-from embedstore.index.filters import allowed_rows
 from embedstore.store import Store, normalise
+from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
 from embedstore.store.store import TARGETS
 from embedstore.video.read import Video, read_video
 
@@ -30,6 +32,7 @@ META_COLUMNS = {
     "reports": ("reports", "report_id", ("patient_id", "study_id", "video_id", "text")),
 }
 NO_ROWS = np.zeros(0, dtype=np.int64)
+FILTERS_CACHED = 32  # where-filters' allowed rows kept per Searcher (its catalog cannot change while it is open)
 EXACT_SUBSET_MAX = 8192  # a filter leaving at most this many rows is answered by exact search over them
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
 
@@ -100,10 +103,7 @@ class QueryEncoder:
 
     def _check_reproduces(self, model) -> None:
         """Embed one stored video again; random weights that differ from the encode run give garbage neighbours."""
-        rows = self.store.catalog.query(
-            "SELECT e.item_id, v.source_path FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
-            "WHERE e.encoder = ? AND e.target = 'videos' AND v.source_path IS NOT NULL ORDER BY e.\"row\" LIMIT 20",
-            [self.name])
+        rows = self.store.catalog.embedded_files(self.name, 20)
         found = next(((i, p) for i, p in rows if Path(p).is_file()), None)
         if found is None:
             return
@@ -130,11 +130,7 @@ class QueryEncoder:
         """The id of a stored video with a vector whose file has exactly these bytes."""
         from embedstore.datasets.ingest import sha256_file
 
-        row = self.store.catalog.query(
-            "SELECT v.video_id FROM videos v JOIN embeddings e ON e.item_id = v.video_id "
-            "WHERE v.sha256 = ? AND e.encoder = ? AND e.target = 'videos' ORDER BY v.video_id LIMIT 1",
-            [sha256_file(path), self.name])
-        return row[0][0] if row else None
+        return self.store.catalog.video_by_sha256(sha256_file(path), self.name)
 
     def text_vector(self, text: str) -> np.ndarray:
         """[1, D] text embedding; BadInput for an empty text or an encoder without a text tower."""
@@ -181,6 +177,28 @@ class Searcher:
         self._plain_params: dict[int, faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
+        self.filter_timeout_s = FILTER_TIMEOUT_S  # the service lowers it to its request budget
+        self._filters: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._filters_lock = threading.Lock()
+
+    def allowed(self, where: str) -> np.ndarray:
+        """Rows that pass `where`, evaluated once per (filter, catalog version) and kept in a small LRU.
+
+        The version is the index sidecar's store fingerprint: a Searcher's vectors and rows are fixed
+        for its lifetime, so an entry can only go stale with the Searcher itself.
+        """
+        key = (where, str(self.sidecar.get("fingerprint")))
+        with self._filters_lock:
+            if key in self._filters:
+                self._filters.move_to_end(key)
+                return self._filters[key]
+        rows = allowed_rows(self.store.catalog, self.encoder, self.target, where, self.filter_timeout_s)
+        rows.setflags(write=False)
+        with self._filters_lock:
+            self._filters[key] = rows
+            while len(self._filters) > FILTERS_CACHED:
+                self._filters.popitem(last=False)
+        return rows
 
     @cached_property
     def _row_of_id(self) -> dict[str, int]:
@@ -268,7 +286,7 @@ class Searcher:
                 query: dict, start: float) -> SearchResult:
         self._check_k(k)
         exclude = self._rows_of(exclude_ids)
-        allowed = None if where is None else allowed_rows(self.store, self.encoder, self.target, where)
+        allowed = None if where is None else self.allowed(where)
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
         else:
@@ -375,12 +393,7 @@ def _catalog_rows(store: Store, encoder: str, target: str) -> tuple[np.ndarray, 
     Held in memory so a hit costs a list lookup, not a catalog query (~100 bytes a row plus its strings).
     """
     table, key, columns = META_COLUMNS[target]
-    select = ", ".join(f"t.{c}" for c in columns)
-    with store.catalog.con.cursor() as cursor:  # a cursor of its own: the catalog may hold an unfinished result
-        data = cursor.sql(
-            f'SELECT e."row", e.item_id, {select} FROM embeddings e LEFT JOIN {table} t ON t.{key} = e.item_id '
-            'WHERE e.encoder = $encoder AND e.target = $target ORDER BY e."row"',
-            params={"encoder": encoder, "target": target}).to_arrow_table()
+    data = store.catalog.metadata_rows(encoder, target, columns)
     rows = data.column("row").to_numpy().astype(np.int64)
     meta = list(zip(*(data.column(c).to_pylist() for c in columns))) if len(rows) else []
     return rows, data.column("item_id").to_pylist(), columns, meta

@@ -87,9 +87,7 @@ def fit_calibration(store: Store, encoder: str) -> dict:
 
 def labelled_pairs(store: Store, encoder: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, pairs [P, 2] of indices into ids, labels [P]: 1 same patient, 0 different); empty when unfittable."""
-    rows = store.catalog.query(
-        "SELECT e.item_id, v.patient_id FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
-        "WHERE e.encoder = ? AND e.target = 'videos' AND v.patient_id IS NOT NULL ORDER BY e.\"row\"", [encoder])
+    rows = store.catalog.labelled_patients(encoder)
     ids, patients = [r[0] for r in rows], np.array([r[1] for r in rows], dtype=object)
     members: dict[str, list[int]] = {}
     for i, patient in enumerate(patients):

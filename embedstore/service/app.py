@@ -72,7 +72,7 @@ def create_app(store_path: str | Path | None = None, settings: Settings | None =
     app.add_exception_handler(RequestValidationError, on_invalid_request)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
-    app.add_api_route("/health", health, methods=["GET"], responses={500: ERRORS[500]})
+    app.add_api_route("/health", health, methods=["GET"], response_model=Health, responses={500: ERRORS[500]})
     add_api_routes(app, settings)
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -88,9 +88,13 @@ State = Annotated[ServiceState, Depends(get_state)]
 
 
 # -- routes -------------------------------------------------------------------------------------
-async def health(state: State) -> Health:
-    """Liveness, version, the store's encoders and the indexes in memory; needs no token."""
-    return Health(**state.health())
+async def health(request: Request, state: State) -> Response:
+    """Liveness ("ok") for anyone; version, counts, encoders and loaded indexes too when no token is set or
+    the caller sends it (read here, not declared: the route itself is open)."""
+    token = request.app.state.settings.api_token
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    authorized = not token or (scheme.lower() == "bearer" and secrets.compare_digest(sent.strip().encode(), token.encode()))
+    return json_response(state.health(authorized))
 
 
 async def page() -> FileResponse:
@@ -117,7 +121,7 @@ async def thumbnail(video_id: str, state: State, animated: bool = False) -> Resp
 
 async def search(body: SearchRequest, state: State) -> Response:
     """Neighbours of a stored video, a vector, a text or a report (exactly one), as `embedstore search`."""
-    return json_response(SearchResponse.body(await state.call(state.search, body)))
+    return json_response(SearchResponse.body(await state.search_request(body)))
 
 
 async def search_video(request: Request, state: State) -> Response:

@@ -31,11 +31,13 @@ class ErrorResponse(BaseModel):
 
 # -- store ---------------------------------------------------------------------------------------
 class Health(BaseModel):
+    """Only `status` for a caller without the token when one is set; everything with it (or without a token set)."""
+
     status: Literal["ok"] = "ok"
-    version: str
-    videos: int
-    encoders: list[str]
-    indexes_loaded: list[str] = Field(description="'<encoder>.<target>' of every index held in memory")
+    version: str | None = None
+    videos: int | None = None
+    encoders: list[str] | None = None
+    indexes_loaded: list[str] | None = Field(None, description="'<encoder>.<target>' of every index held in memory")
 
 
 class EncoderSet(BaseModel):
@@ -63,14 +65,35 @@ class VideoRecord(BaseModel):
 
 
 # -- search --------------------------------------------------------------------------------------
+QUERY_KINDS = ("video_id", "vector", "text", "report")
+
+
+def _one_query_kind(schema: dict) -> None:
+    """The schema says what the validator enforces: exactly one kind, given as a value (never null)."""
+    for prop in schema["properties"].values():
+        branch = next(b for b in prop.pop("anyOf") if b.get("type") != "null")
+        prop.update(branch)
+        prop.pop("default", None)
+    schema["oneOf"] = [{"required": [kind]} for kind in QUERY_KINDS]
+
+
 class Query(Strict):
     """Exactly one of video_id, vector, text, report."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_query_kind)
 
     video_id: str | None = Field(None, min_length=1, max_length=512, description="a stored video id")
     vector: list[float] | None = Field(None, min_length=1, max_length=MAX_DIM, description="normalised by the server")
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT, description="free text (text encoders)")
     report: str | None = Field(None, min_length=1, max_length=MAX_TEXT,
                                description="a stored report id, or report text (text encoders)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(data.get(kind, "") is None for kind in QUERY_KINDS):
+            raise ValueError(f"give the query as one of {', '.join(QUERY_KINDS)} with a value, not null")
+        return data
 
     @model_validator(mode="after")
     def one_query(self) -> "Query":

@@ -31,6 +31,8 @@ class Settings:
     retry_after_s: int = 2  # the Retry-After of every 503
     search_threads: int = 1  # OpenMP threads per FAISS call: a single query gains nothing from more
     api_token: str | None = None  # when set, every route but /health needs `Authorization: Bearer <token>`
+    filter_timeout_s: float = 5.0  # a where filter's DuckDB work is interrupted past this (or the request timeout)
+    expose_source_paths: bool = False  # trusted local use only: REST metadata then carries the server's file paths
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -54,6 +56,9 @@ class Settings:
 def _parse(name: str, kind: str, raw: str):
     """One environment value as the field's type; BadInput naming the variable when it is not one."""
     try:
+        if kind == "bool":
+            return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[raw.strip().lower()]
         return int(raw) if kind == "int" else float(raw) if kind == "float" else raw
-    except ValueError:
-        raise BadInput(f"EMBEDSTORE_{name.upper()}={raw!r} is not a{'n integer' if kind == 'int' else ' number'}") from None
+    except (KeyError, ValueError):
+        expected = {"int": "n integer", "float": " number", "bool": " yes/no value (true, false, 1, 0)"}[kind]
+        raise BadInput(f"EMBEDSTORE_{name.upper()}={raw!r} is not a{expected}") from None

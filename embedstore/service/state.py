@@ -62,7 +62,7 @@ class Unauthorized(EmbedstoreError):
 
 
 # -- the worker pool ----------------------------------------------------------------------------
-Lane = Literal["search", "media"]
+Lane = Literal["search", "filter", "media"]
 
 
 class WorkerPool:
@@ -74,6 +74,9 @@ class WorkerPool:
       lock still serialised the searches: 376-472 requests/s with two threads, 514-646 with one).
     - "media": `worker_threads` threads that decode and embed uploads and render thumbnails (seconds
       each), so a long upload never queues in front of a search.
+    - "filter": `worker_threads` threads that evaluate a search's where filter (DuckDB, cached per Searcher)
+      before the search itself goes to the search lane, so a costly filter never queues in front of
+      another client's id search; its work is interrupted at filter_timeout_s.
     """
 
     def __init__(self, settings: Settings):
@@ -83,7 +86,8 @@ class WorkerPool:
             return ThreadPoolExecutor(threads, thread_name_prefix=f"embedstore-{name}",
                                       initializer=faiss.omp_set_num_threads, initargs=(settings.search_threads,))
 
-        self.lanes: dict[Lane, ThreadPoolExecutor] = {"search": lane(1, "search"), "media": lane(settings.worker_threads, "media")}
+        self.lanes: dict[Lane, ThreadPoolExecutor] = {"search": lane(1, "search"), "media": lane(settings.worker_threads, "media"),
+                                                      "filter": lane(settings.worker_threads, "filter")}
         self.capacity = self.free = settings.worker_threads + settings.queue_size
         self.timeout_s = settings.request_timeout_s
 
@@ -312,8 +316,43 @@ class ServiceState:
     def searcher(self, encoder: str, target: str) -> Searcher:
         key = (encoder, target)
         if key not in self.searchers:
-            self.searchers[key] = Searcher(self.store, encoder, target)
+            searcher = Searcher(self.store, encoder, target)
+            searcher.filter_timeout_s = min(self.settings.filter_timeout_s, self.settings.request_timeout_s)
+            self.searchers[key] = searcher
         return self.searchers[key]
+
+    async def search_request(self, request: SearchRequest) -> dict:
+        """A search within one request slot: its filter in the filter lane first (cached), then the search lane."""
+        async with self.pool.slot():
+            if request.where is not None:
+                await self.pool.run("filter", self.prefilter, request.encoder, request.target, request.where)
+            return await self.pool.run("search", self.search, request)
+
+    def prefilter(self, encoder: str, target: str, where: str) -> None:
+        self.searcher(encoder, target).allowed(where)
+
+    # -- what leaves the server: no file paths unless the operator allows them -------------------
+    def public_path(self, path: str | None) -> str | None:
+        """A source path as REST shows it: relative to the store folder when inside it, else none at all
+        (folder names often hold patient names or record numbers); as it is with expose_source_paths."""
+        if path is None or self.settings.expose_source_paths:
+            return path
+        try:
+            return Path(path).resolve().relative_to(self.store.path.resolve()).as_posix()
+        except (ValueError, OSError):
+            return None
+
+    def public_result(self, result: dict) -> dict:
+        """A SearchResult dict with public source paths and only the weights' file name."""
+        if self.settings.expose_source_paths:
+            return result
+        for hit in result["hits"]:
+            if "source_path" in hit["metadata"]:
+                hit["metadata"]["source_path"] = self.public_path(hit["metadata"]["source_path"])
+        weights = result["provenance"].get("weights")
+        if weights and weights != RANDOM_INIT:
+            result["provenance"] = {**result["provenance"], "weights": Path(weights).name}
+        return result
 
     def check_k(self, k: int) -> int:
         if k > self.settings.max_k:
@@ -336,8 +375,11 @@ class ServiceState:
             reader.discard()
 
     # -- answers from memory (the store cannot change while it is open read-only) -------------
-    def health(self) -> dict:
-        return {"version": embedstore.__version__, "videos": self.videos, "encoders": list(self.encoder_infos),
+    def health(self, authorized: bool = True) -> dict:
+        """Liveness for anyone; what the store holds only for a caller allowed to ask (see app.health)."""
+        if not authorized:
+            return {"status": "ok"}
+        return {"status": "ok", "version": embedstore.__version__, "videos": self.videos, "encoders": list(self.encoder_infos),
                 "indexes_loaded": sorted(f"{e}.{t}" for e, t in self.searchers)}
 
     def encoders(self) -> dict:
@@ -351,6 +393,7 @@ class ServiceState:
     # -- jobs: run in the worker pool ---------------------------------------------------------
     def video(self, video_id: str) -> dict:
         row = self.store.videos([video_id])[0]
+        row["source_path"] = self.public_path(row.get("source_path"))
         encoders = [e for e in self.encoder_infos if self.store.catalog.rows_for(e, "videos", [video_id])]
         return {"video_id": row.pop("video_id"), "metadata": row, "encoders": encoders}
 
@@ -366,7 +409,7 @@ class ServiceState:
         result = self.searcher(request.encoder, request.target).search(
             id=q.video_id, vector=q.vector, text=q.text, report=q.report, k=self.check_k(request.k),
             where=request.where, exclude_self=request.exclude_self, same_patient=request.same_patient)
-        return result.to_dict()
+        return self.public_result(result.to_dict())
 
     def search_upload(self, options: SearchOptions, upload: Upload) -> dict:
         """Like `embedstore search --video`: a file already in the store answers with its stored vector."""
@@ -377,7 +420,7 @@ class ServiceState:
             result = searcher.search_video(upload.path if stored else video, k=self.check_k(options.k),
                                            where=options.where, same_patient=options.same_patient).to_dict()
         result["query"]["path"] = upload.name
-        return result
+        return self.public_result(result)
 
     def similar_ids(self, request: SimilarityRequest) -> dict:
         self.store.get_vectors(request.encoder, [request.a, request.b])  # ids only: never a server file
@@ -393,7 +436,10 @@ class ServiceState:
     def view(self, encoder: str, method: str) -> dict:
         from embedstore.analysis.views import load_view
 
-        return load_view(self.store, encoder, method)
+        view = load_view(self.store, encoder, method)
+        if "source_path" in view.get("labels", {}) and not self.settings.expose_source_paths:
+            view["labels"]["source_path"] = [self.public_path(p) for p in view["labels"]["source_path"]]
+        return view
 
 
 def render_thumbnail(video: Video, animated: bool) -> bytes:

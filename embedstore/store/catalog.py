@@ -7,11 +7,13 @@ through a cursor of its own, since one DuckDB connection is not thread-safe.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import duckdb
 
@@ -23,6 +25,10 @@ VIDEO_COLUMNS = [
     "video_id", "source_path", "sha256", "patient_id", "study_id", "acquired_at", "view", "split",
     "n_frames", "fps", "height", "width", "format", "ef", "esv", "edv",
 ]
+
+METADATA_TABLES = {"videos": ("videos", "video_id"), "reports": ("reports", "report_id")}
+METADATA_COLUMNS = {"videos": (*VIDEO_COLUMNS, "added_at"),
+                    "reports": ("report_id", "study_id", "video_id", "patient_id", "text")}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -43,7 +49,9 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (encoder, target, item_id));
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, command VARCHAR, args JSON, started_at TIMESTAMP, finished_at TIMESTAMP,
-    status VARCHAR, added INTEGER, failed INTEGER, failures JSON);
+    status VARCHAR, added INTEGER, failed INTEGER, failures JSON, pid INTEGER, host VARCHAR);
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 """
 
 
@@ -66,11 +74,11 @@ class Catalog:
         self._cursors_lock = threading.Lock()
         if not read_only:
             self.con.execute(SCHEMA)
-            if self.get_meta("salt") is None:
+            if self.get_meta("schema_version") is None:
                 with self.transaction():
-                    self.set_meta("salt", secrets.token_hex(16))
                     self.set_meta("schema_version", SCHEMA_VERSION)
                     self.set_meta("created_at", now().isoformat())
+            self.close_dead_runs()
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -110,6 +118,9 @@ class Catalog:
 
     def set_meta(self, key: str, value: str) -> None:
         self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def delete_meta(self, key: str) -> None:
+        self.con.execute("DELETE FROM meta WHERE key = ?", [key])
 
     # -- videos, patients, studies, reports ----------------------------------------------------
     def known_sha256(self) -> dict[str, str]:
@@ -250,15 +261,92 @@ class Catalog:
         ).fetchone()
         return f"{n}:{last}:{int(ids_hash) & 0xFFFFFFFFFFFF:x}"
 
+    # -- named questions of the layers above (SQL stays here) --------------------------------
+    def pending_videos(self, encoder: str) -> list[tuple[str, str]]:
+        """(video_id, source_path) of videos with a file and no `encoder` vector yet, by id."""
+        return [(r[0], r[1]) for r in self.query(
+            "SELECT video_id, source_path FROM videos v WHERE source_path IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM embeddings e WHERE e.encoder = ? AND e.target = 'videos' AND e.item_id = v.video_id) "
+            "ORDER BY video_id", [encoder])]
+
+    def report_texts(self) -> list[tuple[str, str]]:
+        """(report_id, text) of every report, by id."""
+        return self.query("SELECT report_id, text FROM reports ORDER BY report_id")
+
+    def report_links(self) -> dict[str, tuple[str | None, str | None]]:
+        """report_id -> (study_id, video_id)."""
+        return {r[0]: (r[1], r[2]) for r in self.query("SELECT report_id, study_id, video_id FROM reports")}
+
+    def embedded_files(self, encoder: str, limit: int) -> list[tuple[str, str]]:
+        """(video_id, source_path) of the first `limit` videos, in vector row order, with an `encoder` vector and a path."""
+        return self.query(
+            "SELECT e.item_id, v.source_path FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
+            "WHERE e.encoder = ? AND e.target = 'videos' AND v.source_path IS NOT NULL ORDER BY e.\"row\" LIMIT ?",
+            [encoder, limit])
+
+    def video_by_sha256(self, sha256: str, encoder: str) -> str | None:
+        """The first id (by id) of a video with these file bytes and an `encoder` vector."""
+        row = self.query(
+            "SELECT v.video_id FROM videos v JOIN embeddings e ON e.item_id = v.video_id "
+            "WHERE v.sha256 = ? AND e.encoder = ? AND e.target = 'videos' ORDER BY v.video_id LIMIT 1",
+            [sha256, encoder])
+        return row[0][0] if row else None
+
+    def labelled_patients(self, encoder: str) -> list[tuple[str, str]]:
+        """(video_id, patient_id) of videos with an `encoder` vector and a patient, in vector row order."""
+        return self.query(
+            "SELECT e.item_id, v.patient_id FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
+            "WHERE e.encoder = ? AND e.target = 'videos' AND v.patient_id IS NOT NULL ORDER BY e.\"row\"", [encoder])
+
+    def video_columns(self, ids: list[str], columns: list[str]) -> list[tuple]:
+        """(video_id, *columns) of the given ids that have a row (any order); columns must be videos columns."""
+        unknown = [c for c in columns if c not in VIDEO_COLUMNS]
+        if unknown:
+            raise BadInput(f"unknown videos column(s) {unknown}; known: {', '.join(VIDEO_COLUMNS)}")
+        return self.query(f"SELECT video_id, {', '.join(columns)} FROM videos WHERE video_id IN (SELECT unnest(?))",
+                          [list(ids)])
+
+    def metadata_rows(self, encoder: str, target: str, columns: Sequence[str]):
+        """Arrow table of every committed (encoder, target) vector in row order: "row", "item_id" and the given
+        columns of its catalog row (nulls where it has none)."""
+        table, key = METADATA_TABLES[target]
+        unknown = [c for c in columns if c not in METADATA_COLUMNS[target]]
+        if unknown:
+            raise BadInput(f"unknown {table} column(s) {unknown}")
+        select = ", ".join(f"t.{c}" for c in columns)
+        with self.con.cursor() as cursor:  # a cursor of its own: the catalog may hold an unfinished result
+            return cursor.sql(
+                f'SELECT e."row", e.item_id, {select} FROM embeddings e LEFT JOIN {table} t ON t.{key} = e.item_id '
+                'WHERE e.encoder = $encoder AND e.target = $target ORDER BY e."row"',
+                params={"encoder": encoder, "target": target}).to_arrow_table()
+
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, command: str, args: dict) -> str:
         run_id = f"{now():%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
         with self.transaction():
             self.con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, NULL, 'running', 0, 0, '[]')",
-                [run_id, command, json.dumps(args, default=str, sort_keys=True), now()],
+                "INSERT INTO runs (run_id, command, args, started_at, finished_at, status, added, failed, failures, pid, host) "
+                "VALUES (?, ?, ?, ?, NULL, 'running', 0, 0, '[]', ?, ?)",
+                [run_id, command, json.dumps(args, default=str, sort_keys=True), now(), os.getpid(), socket.gethostname()],
             )
         return run_id
+
+    def close_dead_runs(self) -> int:
+        """Mark 'interrupted' the runs still 'running' whose process is gone (killed, crashed, power cut).
+
+        Called on every writable open. A run of this host whose PID no longer exists, and a run recorded
+        before PIDs were (none can still be running: this open holds the store's write lock), are closed;
+        a run of another host is left as it is, since its process cannot be checked from here.
+        """
+        host, me = socket.gethostname(), os.getpid()
+        dead = [run_id for run_id, pid, run_host in self.query("SELECT run_id, pid, host FROM runs WHERE status = 'running'")
+                if pid is None or (run_host == host and pid != me and not _alive(pid))]
+        if dead:
+            note = json.dumps([{"item": "(run)", "error": "the process ended without recording its end (killed or crashed)"}])
+            with self.transaction():
+                self.con.execute("UPDATE runs SET status = 'interrupted', finished_at = ?, failures = ? "
+                                 "WHERE run_id IN (SELECT unnest(?))", [now(), note, dead])
+        return len(dead)
 
     def finish_run(self, run_id: str, status: str, added: int, failures: list[dict]) -> None:
         with self.transaction():
@@ -270,6 +358,16 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         tables = ["videos", "patients", "studies", "reports", "embeddings", "encoders", "runs"]
         return {t: int(self.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 class _Transaction:

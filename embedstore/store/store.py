@@ -6,6 +6,10 @@ batch is never visible and a re-run resumes from the last committed batch.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import secrets
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +22,11 @@ from embedstore import config
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.store.catalog import Catalog
 from embedstore.store.vectors import VectorFile
+from embedstore.video.deid import SALT_ENV
 
 TARGETS = ("videos", "reports")
+SALT_FILE = "salt.key"  # the pseudonym key, beside the catalog but never inside it (user filters read the catalog)
+SALT_FILE_ENV = "EMBEDSTORE_SALT_FILE"  # or a key file kept elsewhere, e.g. off the machine that holds the store
 
 
 def normalise(vectors: np.ndarray, dim: int | None = None, what: str = "vectors") -> np.ndarray:
@@ -64,6 +71,8 @@ class Store:
         self.read_only = read_only
         self.catalog = Catalog(self.path / "catalog.duckdb", read_only=read_only)
         self.vectors = VectorFile(self.path / "vectors.h5")
+        if not read_only:
+            self._keep_salt()
 
     def close(self) -> None:
         self.catalog.close()
@@ -76,7 +85,37 @@ class Store:
 
     @property
     def salt(self) -> str:
-        return self.catalog.get_meta("salt") or ""
+        """The key of the store's pseudonyms: $EMBEDSTORE_SALT, else the key file ($EMBEDSTORE_SALT_FILE or
+        salt.key in the folder), else (a store not yet opened for writing since the key moved) the catalog's.
+        Conflict when it is not the key the store's pseudonyms were made with, as `salt_check` records."""
+        salt = os.environ.get(SALT_ENV) or ""
+        if not salt:
+            key = self._salt_file()
+            salt = key.read_text().strip() if key.is_file() else (self.catalog.get_meta("salt") or "")
+        recorded = self.catalog.get_meta("salt_check")
+        if recorded and _salt_check(salt) != recorded:
+            raise Conflict(f"the pseudonym key in use (from ${SALT_ENV}, ${SALT_FILE_ENV} or {SALT_FILE}) is not the "
+                           f"one store {self.path.name} was made with; set it as when the store was created")
+        return salt
+
+    def _salt_file(self) -> Path:
+        return Path(os.environ.get(SALT_FILE_ENV) or self.path / SALT_FILE)
+
+    def _keep_salt(self) -> None:
+        """Keep the pseudonym key out of the catalog: a new store writes a random key file (0600) unless the
+        key comes from the environment; a store from before moves its catalog salt into the file."""
+        legacy = self.catalog.get_meta("salt")
+        external = os.environ.get(SALT_ENV) or os.environ.get(SALT_FILE_ENV)
+        key = self.path / SALT_FILE
+        if legacy or not (external or key.exists()):
+            if not key.exists():
+                _write_private(key, legacy or secrets.token_hex(16))
+        if legacy or self.catalog.get_meta("salt_check") is None:
+            salt = legacy or self.salt
+            with self.catalog.transaction():
+                if salt and self.catalog.get_meta("salt_check") is None:
+                    self.catalog.set_meta("salt_check", _salt_check(salt))
+                self.catalog.delete_meta("salt")
 
     @property
     def indexes_dir(self) -> Path:
@@ -217,6 +256,22 @@ class Store:
         indexes = sorted(p.name for p in self.indexes_dir.glob("*.faiss")) if self.indexes_dir.exists() else []
         size = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         return {"path": str(self.path), "counts": counts, "vector_sets": sets, "indexes": indexes, "bytes": size}
+
+
+def _salt_check(salt: str) -> str:
+    """Tells keys apart without revealing one (a keyed hash of a fixed text)."""
+    return hmac.new(salt.encode(), b"embedstore salt check", hashlib.sha256).hexdigest()[:16]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, all at once (a temp file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def open_store(path: str | Path | None = None, create: bool = False, read_only: bool = False) -> Store:

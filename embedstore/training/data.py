@@ -1,24 +1,20 @@
 """Which videos train, select and test the classifier, in what order, and how they are batched.
 
-The label is a DuckDB yes/no expression over the videos table (`ef < 50`). It is taken from the
-user the way search takes `--where`: ';' is refused outright, DuckDB must parse it as exactly one
-expression, and it is applied through the relational API (never pasted into SQL text). It runs on a
-copy of the videos table in an in-memory database whose file access is switched off and locked:
-training holds the store open for writing (to record its run), yet the label can neither change the
-store nor read files. Rows where it is NULL (no EF) are left out and counted.
+The label is a DuckDB yes/no expression over the videos table (`ef < 50`), checked and evaluated by
+embedstore.store.expressions exactly as search's `--where` is: only the table's own columns, literals,
+operators and allowed scalar functions, so it can neither change the store nor read anything else,
+although training holds the store open for writing. Rows where it is NULL (no EF) are left out and counted.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import closing
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 
 from embedstore.errors import BadInput
-from embedstore.index.filters import first_line
 from embedstore.store import Store
+from embedstore.store.expressions import labelled_rows
 
 SPLITS = ("TRAIN", "VAL", "TEST")
 
@@ -43,47 +39,10 @@ class Cohort:
 
 def labelled_videos(store: Store, label: str) -> Cohort:
     """Videos with a file, by split (case-insensitive TRAIN/VAL/TEST), labelled by the expression."""
-    expr = _parse(label)
-    col = duckdb.ColumnExpression
-    with closing(_sandbox(store)) as con:
-        try:
-            rel = (con.table("videos")
-                   .select(col("video_id"), col("source_path"), duckdb.FunctionExpression("upper", col("split")),
-                           expr).order("video_id"))
-            kind = str(rel.types[-1])
-            rows = rel.fetchall() if kind == "BOOLEAN" else []
-        except duckdb.Error as exc:
-            columns = ", ".join(con.table("videos").columns)
-            raise BadInput(f"--label {label!r}: {first_line(exc)} (columns of videos: {columns})") from None
-    if kind != "BOOLEAN":
-        raise BadInput(f"--label {label!r} gives {kind}, not yes/no; write a condition such as \"ef < 50\"")
+    rows = labelled_rows(store.catalog, label)
     splits = {s: [Example(v, p, float(y)) for v, p, split, y in rows if split == s and y is not None] for s in SPLITS}
     unlabelled = sum(1 for _, _, split, y in rows if split in SPLITS and y is None)
     return Cohort(label, splits, unlabelled)
-
-
-def _sandbox(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory database holding a copy of the videos that have a file, with file access locked off."""
-    with store.catalog.con.cursor() as cur:  # a cursor of its own, as index.filters does
-        videos = cur.table("videos").filter("source_path IS NOT NULL").to_arrow_table()
-    con = duckdb.connect(":memory:")
-    con.register("store_videos", videos)
-    con.execute("CREATE TABLE videos AS SELECT * FROM store_videos")
-    con.unregister("store_videos")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    return con
-
-
-def _parse(label: str) -> duckdb.Expression:
-    if not label or not label.strip():
-        raise BadInput("--label is empty; give a yes/no expression over the videos table such as \"ef < 50\"")
-    if ";" in label:
-        raise BadInput(f"--label {label!r} holds ';'; give one expression over the videos table, such as \"ef < 50\"")
-    try:
-        return duckdb.SQLExpression(label)
-    except duckdb.Error as exc:
-        raise BadInput(f"--label {label!r} is not one SQL expression: {first_line(exc)}") from None
 
 
 def check_cohort(cohort: Cohort) -> None:

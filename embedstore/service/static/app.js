@@ -498,9 +498,9 @@ function bindControls() {
 async function init() {
   bindControls();
   try {
-    const health = await getJSON("health");
-    $("#store-info").textContent = `${health.videos} videos · embedstore ${health.version}`;
-    await loadEncoders();
+    await loadEncoders(); // first: a token, when the server asks for one, is in hand before /health
+    const health = await getJSON("health"); // counts come only to a caller with the token
+    if (health.videos !== undefined) $("#store-info").textContent = `${health.videos} videos · embedstore ${health.version}`;
   } catch (error) {
     showError(error);
   }
