@@ -460,3 +460,32 @@ def serve(
     from embedstore.service.app import serve as run_server
 
     run_server(store, host, port, workers, log_level)
+
+
+@command("search-batch")
+def search_batch_cmd(
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    ids: Annotated[Optional[str], typer.Option("--ids", help="stored video ids, comma-separated")] = None,
+    vectors: Annotated[Optional[Path], typer.Option("--vectors", help=".npy file holding query vectors [N, D]")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="number of neighbours")] = 10,
+    target: TargetOpt = "videos",
+    where: Annotated[Optional[str], typer.Option(help="DuckDB filter over the catalog, e.g. \"split = 'TEST'\"")] = None,
+    exclude_self: Annotated[bool, typer.Option("--exclude-self/--include-self", help="leave each --ids video out of its own answer")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Neighbours of many stored ids or vectors in one index call (REST: POST /search/batch)."""
+    from embedstore.index.search import Searcher, read_vector_file
+    from embedstore.store import open_store
+
+    id_list = [i.strip() for i in ids.split(",") if i.strip()] if ids is not None else None
+    with open_store(store, read_only=True) as st:
+        results = Searcher(st, encoder, target).search_many(
+            vectors=read_vector_file(vectors) if vectors else None, ids=id_list, k=k, where=where,
+            exclude_self=exclude_self)
+    if as_json:
+        emit([r.to_dict() for r in results], True)
+        return
+    for number, result in enumerate(results, 1):
+        typer.echo(f"query {number}: {result.query.get('id', 'vector')}")
+        _print_hits(result, target)

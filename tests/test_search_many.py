@@ -1,6 +1,7 @@
 """Searcher.search_many: one FAISS call per batch, the same answers as a loop over search_vector / search_id."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,35 @@ def test_bad_batches_are_refused(ro):
     with pytest.raises(BadInput, match="k must be a positive integer"):
         searcher.search_many(ids=["v00001"], k=0)
     assert searcher.search_many(ids=[], k=3) == []
+
+
+def test_rest_batch_agrees_with_the_cli_and_is_bounded(toy, tmp_path):
+    import httpx
+    from typer.testing import CliRunner
+
+    from embedstore.cli import app as cli
+    from embedstore.service.app import create_app
+    from embedstore.service.schemas import SearchResponse
+    from embedstore.service.settings import Settings
+    from tests.servers import serving
+
+    ids = ["v00001", "v00400", "v00777"]
+    with serving(create_app(toy, Settings(max_batch=3))) as url, httpx.Client(base_url=url, timeout=60) as client:
+        body = {"encoder": "toy", "k": 4, "where": "split != 'TEST'", "queries": {"video_ids": ids}}
+        rest = client.post("/search/batch", json=body)
+        assert rest.status_code == 200, rest.text
+        searches = rest.json()["searches"]
+        vectors = [[0.1] * 32, [0.2] * 16 + [0.0] * 16]
+        by_vector = client.post("/search/batch", json={"encoder": "toy", "k": 2, "queries": {"vectors": vectors}}).json()
+        over = client.post("/search/batch", json={**body, "queries": {"video_ids": ids + ["v00002"]}})
+        both = client.post("/search/batch", json={**body, "queries": {"video_ids": ids, "vectors": vectors}})
+        unknown = client.post("/search/batch", json={**body, "queries": {"video_ids": ["nope"]}})
+    out = CliRunner().invoke(cli, ["search-batch", "--store", str(toy), "-e", "toy", "--ids", ",".join(ids), "-k", "4",
+                                   "--where", "split != 'TEST'", "--json"])
+    assert out.exit_code == 0, out.output
+    from_cli = [SearchResponse.body(r) for r in json.loads(out.stdout)]
+    assert [[h["id"] for h in s["results"]] for s in searches] == [[h["id"] for h in s["results"]] for s in from_cli]
+    assert [s["query"]["id"] for s in searches] == ids and all(len(s["results"]) == 4 for s in searches)
+    assert [len(s["results"]) for s in by_vector["searches"]] == [2, 2]
+    assert over.status_code == 400 and "limit of 3" in over.json()["error"]["message"]
+    assert both.status_code == 422 and unknown.status_code == 404

@@ -30,7 +30,7 @@ import embedstore
 from embedstore import config
 from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.service.schemas import (
-    Encoders, ErrorResponse, Health, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest,
+    BatchSearchRequest, BatchSearchResponse, Encoders, ErrorResponse, Health, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest,
     SimilarityResponse, UploadSimilarityForm, VideoRecord, View,
 )
 from embedstore.service.settings import Settings
@@ -120,6 +120,11 @@ async def search(body: SearchRequest, state: State) -> Response:
     return json_response(SearchResponse.body(await state.call(state.search, body)))
 
 
+async def search_batch(body: BatchSearchRequest, state: State) -> Response:
+    """Many searches by stored ids or vectors with the same options, in one index call (at most max_batch)."""
+    return json_response(await state.call(state.search_batch, body))
+
+
 async def search_video(request: Request, state: State) -> Response:
     """Neighbours of an uploaded AVI, MP4 or DICOM video (multipart: `file` plus the search fields)."""
     async with state.pool.slot(), state.uploads(request, ("file",)) as (fields, files):
@@ -160,6 +165,7 @@ def add_api_routes(app: FastAPI, settings: Settings) -> None:
     route("/videos/{video_id}/thumbnail", thumbnail, ["GET"], response_class=Response,
           responses={**ERRORS, 200: {"content": {"image/png": {}, "image/gif": {}}, "description": "the image"}})
     route("/search", search, ["POST"], response_model=SearchResponse)
+    route("/search/batch", search_batch, ["POST"], response_model=BatchSearchResponse)
     route("/search/video", search_video, ["POST"], response_model=SearchResponse,
           openapi_extra=multipart_body(SearchOptions, ("file",)))
     route("/similarity", similarity, ["POST"])

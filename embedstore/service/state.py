@@ -35,7 +35,7 @@ import embedstore
 from embedstore.errors import BadInput, Busy, EmbedstoreError, NotFound, TooLarge, VideoError
 from embedstore.index.search import RANDOM_INIT, Searcher
 from embedstore.index.similar import calibration, similar
-from embedstore.service.schemas import SearchOptions, SearchRequest, SimilarityRequest
+from embedstore.service.schemas import BatchSearchRequest, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest
 from embedstore.service.settings import Settings
 from embedstore.store import open_store
 from embedstore.video.read import VIDEO_SUFFIXES, Video, read_video
@@ -367,6 +367,17 @@ class ServiceState:
             id=q.video_id, vector=q.vector, text=q.text, report=q.report, k=self.check_k(request.k),
             where=request.where, exclude_self=request.exclude_self, same_patient=request.same_patient)
         return result.to_dict()
+
+    def search_batch(self, request: BatchSearchRequest) -> dict:
+        """`Searcher.search_many` over at most max_batch queries (400 above, before any search)."""
+        if len(request.queries) > self.settings.max_batch:
+            raise BadInput(f"a batch of {len(request.queries)} queries is over this service's limit of "
+                           f"{self.settings.max_batch}; split it into several requests")
+        q = request.queries
+        results = self.searcher(request.encoder, request.target).search_many(
+            vectors=q.vectors, ids=q.video_ids, k=self.check_k(request.k), where=request.where,
+            exclude_self=request.exclude_self)
+        return {"searches": [SearchResponse.body(r.to_dict()) for r in results]}
 
     def search_upload(self, options: SearchOptions, upload: Upload) -> dict:
         """Like `embedstore search --video`: a file already in the store answers with its stored vector."""
