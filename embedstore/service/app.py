@@ -144,6 +144,12 @@ async def similarity_videos(request: Request, state: State) -> SimilarityRespons
         return SimilarityResponse(**await state.pool.run("media", state.similar_uploads, form.encoder, files["a"], files["b"]))
 
 
+async def audit(state: State, encoder: str, threshold: float | None = None, k: int = 10) -> Response:
+    """`embedstore audit`: duplicates, near-duplicates, patients and studies across splits, a suggested re-split
+    (its counts); the threshold is chosen from the data unless given. Computed once per arguments."""
+    return json_response(await state.call(state.audit, encoder, threshold, k, lane="media"))
+
+
 async def view(encoder: str, state: State, method: Literal["umap", "pca"] = "umap") -> View:
     """2-D coordinates of an encoder's videos with ids and labels, when the view has been computed."""
     return View(**await state.call(state.view, encoder, method))
@@ -171,6 +177,7 @@ def add_api_routes(app: FastAPI, settings: Settings) -> None:
     route("/similarity", similarity, ["POST"])
     route("/similarity/videos", similarity_videos, ["POST"], openapi_extra=multipart_body(UploadSimilarityForm, ("a", "b")))
     route("/views/{encoder}", view, ["GET"])
+    route("/audit", audit, ["GET"])
 
 
 BEARER = HTTPBearer(auto_error=False, description="the server's EMBEDSTORE_API_TOKEN")

@@ -279,6 +279,7 @@ class ServiceState:
         self.upload_dir = Path(tempfile.mkdtemp(prefix="embedstore-uploads-"))
         self.searchers: dict[tuple[str, str], Searcher] = {}
         self.thumbnail = lru_cache(THUMBNAILS_CACHED)(self._thumbnail)
+        self._audits = lru_cache(8)(self._audit)
         info = self.store.info()
         self.videos = int(info["counts"]["videos"])
         self.vector_sets = [s for s in info["vector_sets"] if s["target"] and s["n"]]
@@ -400,6 +401,16 @@ class ServiceState:
         with named_as(a.path, a.name), named_as(b.path, b.name):
             out = similar(self.store, encoder, a.path, b.path)
         return {**out, "a": a.name, "b": b.name}
+
+    def audit(self, encoder: str, threshold: float | None, k: int) -> dict:
+        """`embedstore audit`'s report (without --against: no server paths from clients), kept per arguments:
+        the store is read-only, so the answer cannot change while the server runs."""
+        return self._audits(encoder, threshold, self.check_k(k))
+
+    def _audit(self, encoder: str, threshold: float | None, k: int) -> dict:
+        from embedstore.analysis.audit import audit
+
+        return audit(self.store, encoder, threshold=threshold, k=k).report
 
     def view(self, encoder: str, method: str) -> dict:
         from embedstore.analysis.views import load_view
