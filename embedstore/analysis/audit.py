@@ -73,11 +73,13 @@ def parse_kinds(text: str | None) -> list[str]:
 
 # -- the audit ----------------------------------------------------------------------------------
 def audit(store: Store, encoder: str, against: str | Path | None = None, threshold: float | None = None,
-          k: int = AUDIT_K, sample: int = SAMPLE_VIDEOS, seed: int = 0, progress: bool = False) -> Audit:
-    """Audit one store's videos (and their overlap with `against`); see the module docstring."""
+          k: int = AUDIT_K, sample: int = SAMPLE_VIDEOS, seed: int = 0, progress: bool = False,
+          searcher: Searcher | None = None) -> Audit:
+    """Audit one store's videos (and their overlap with `against`); see the module docstring.
+    `searcher`: the store's loaded videos Searcher of this encoder, when the caller holds one (the service)."""
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise BadInput(f"--threshold must be a cosine between -1 and 1, got {threshold}")
-    searcher = Searcher(store, encoder)
+    searcher = searcher or Searcher(store, encoder)
     videos = store.catalog.video_table(COLUMNS)
     chosen = choose_threshold(store, searcher, threshold, sample, seed)
     pairs = near_pairs(searcher, chosen["value"], k, progress)

@@ -410,7 +410,7 @@ class ServiceState:
     def _audit(self, encoder: str, threshold: float | None, k: int) -> dict:
         from embedstore.analysis.audit import audit
 
-        return audit(self.store, encoder, threshold=threshold, k=k).report
+        return audit(self.store, encoder, threshold=threshold, k=k, searcher=self.searcher(encoder, "videos")).report
 
     def view(self, encoder: str, method: str) -> dict:
         from embedstore.analysis.views import load_view
