@@ -128,6 +128,9 @@ def test_every_planted_case_is_found_and_nothing_else(result, planted):
     assert against["near_duplicates"]["pairs"] == 2
     assert pairs(against["near_duplicates"]["worst"]) == {frozenset((name[12], "copy12")), frozenset((name[15], "reencoded15"))}
     assert {k: v["total"] for k, v in r["counts"].items()} == {"patient": 1, "study": 1, "duplicate": 2, "near-duplicate": 5}
+    worst = r["near_duplicates"]["worst"][0]
+    assert worst["thumbnail_a"] == f"/videos/{worst['a']}/thumbnail" and worst["thumbnail_b"] == f"/videos/{worst['b']}/thumbnail"
+    assert all(p["thumbnail_b"] is None for p in against["near_duplicates"]["worst"])  # B's videos are not served here
 
 
 def test_threshold_separates_the_copies_from_every_other_pair(result, planted):

@@ -47,6 +47,7 @@ FRAME_OFFSET = 2
 VECTORS_ONLY_FACTOR = 10  # vectors only: a near-duplicate is 10x closer than the median nearest neighbour
 SAME_VECTOR_MIN_COSINE = 0.9999  # pairs this close have their decoded frames compared
 WORST = 20
+THUMBNAIL = "/videos/{}/thumbnail"
 COLUMNS = ("video_id", "sha256", "patient_id", "study_id", "split", "ef", "source_path")
 
 
@@ -254,7 +255,10 @@ def _pair(a: str, b: str, score: float | None, info_a: dict, info_b: dict, kind:
     ra, rb = info_a.get(a, {}), info_b.get(b, {})
     out = {"a": a, "b": b, "score": None if score is None else round(float(score), 6),
            "split_a": ra.get("split"), "split_b": rb.get("split"),
-           "patient_a": ra.get("patient_id"), "patient_b": rb.get("patient_id")}
+           "patient_a": ra.get("patient_id"), "patient_b": rb.get("patient_id"),
+           # the service's thumbnail route (pixels masked there) for this store's videos with a file
+           "thumbnail_a": THUMBNAIL.format(a) if ra.get("source_path") else None,
+           "thumbnail_b": THUMBNAIL.format(b) if rb.get("source_path") and info_b is info_a else None}
     return {**out, "kind": kind} if kind else out
 
 

@@ -471,12 +471,15 @@ async function runAudit() {
       const split = pairs(count.by_split_pair);
       lines.push(`${kind}: ${count.total}${split ? ` (${split})` : ""}`);
     }
-    for (const p of report.near_duplicates.worst.slice(0, 5)) {
-      lines.push(`  ${p.a} ~ ${p.b}  cosine ${fmt(p.score, 5)}  ${p.split_a || "–"} / ${p.split_b || "–"}`);
-    }
     const r = report.resplit;
     lines.push(`suggested patient-grouped re-split: ${pairs(r.videos_by_split)}; ${r.moved} videos move (CLI: --resplit FILE)`);
-    box.replaceChildren(...lines.map((line) => el("div", { textContent: line })));
+    const worst = report.near_duplicates.worst.slice(0, 5).map((p) => {
+      const thumbs = [[p.a, p.thumbnail_a], [p.b, p.thumbnail_b]].filter(([, url]) => url)
+        .map(([id]) => el("img", { alt: `video ${id}`, "data-id": id, class: "audit-thumb" }));
+      return el("div", {}, `${p.a} ~ ${p.b}  cosine ${fmt(p.score, 5)}  ${p.split_a || "–"} / ${p.split_b || "–"} `, ...thumbs);
+    });
+    box.replaceChildren(...lines.map((line) => el("div", { textContent: line })), ...worst);
+    box.querySelectorAll("img").forEach(loadThumb);
   } catch (error) {
     box.textContent = "";
     showError(error);
