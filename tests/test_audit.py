@@ -266,3 +266,16 @@ def test_released_r3d_vectors_alone_give_near_duplicate_clusters_across_splits(s
     for pair in planted:
         a, b = tuple(pair)
         assert resplit[a] == resplit[b]
+
+
+def test_perturbations_are_small_and_take_odd_frame_sizes(tmp_path):
+    from embedstore.analysis.audit import CROP_SHIFT_PX, FRAME_OFFSET, perturbations
+    from embedstore.video.read import Video
+
+    frames = np.random.default_rng(0).integers(0, 255, size=(12, 33, 35, 3), dtype=np.uint8)
+    out = perturbations(Video(frames=frames, fps=50.0, format="avi"), tmp_path)
+    shifted, recompressed, trimmed = out.values()
+    assert list(out) == [f"crop shift {CROP_SHIFT_PX} px", "re-compression (H.264)", f"frame offset {FRAME_OFFSET}"]
+    np.testing.assert_array_equal(shifted.frames[:, :-CROP_SHIFT_PX, :-CROP_SHIFT_PX], frames[:, CROP_SHIFT_PX:, CROP_SHIFT_PX:])
+    assert recompressed.frames.shape == (12, 32, 34, 3)  # H.264 4:2:0 wants even sides
+    np.testing.assert_array_equal(trimmed.frames, frames[FRAME_OFFSET:])

@@ -154,21 +154,27 @@ def _perturbation_threshold(store: Store, searcher: Searcher, level: float, samp
     cosines: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="embedstore-audit-") as tmp:
         for n in sorted(chosen.tolist()):
-            video = read_video(table[with_files[n]])
-            variants = perturbations(video, Path(tmp))
+            try:
+                video = read_video(table[with_files[n]])
+                variants = perturbations(video, Path(tmp))
+            except EmbedstoreError:  # an unreadable file is left out of the sample, as a batch goes on past it
+                continue
             vectors = model.embed_videos([video, *variants.values()])
             for name, vector in zip(variants, vectors[1:]):
                 cosines[name].append(float(vector @ vectors[0]))
+    if not cosines:
+        return None, "none of the sample videos could be read"
     lowest = {name: min(values) for name, values in cosines.items()}
     kept = {name: value for name, value in lowest.items() if value > level}
     dropped = sorted(set(lowest) - set(kept))
-    details = {"sample_videos": len(chosen), "lowest_cosine": {k: round(v, 6) for k, v in lowest.items()},
+    sampled = max(len(v) for v in cosines.values())
+    details = {"sample_videos": sampled, "lowest_cosine": {k: round(v, 6) for k, v in lowest.items()},
                "left_out": dropped}
     if not kept:
         return None, (f"every perturbation moved the vectors below the distinct-neighbour median {level:.6f} "
                       f"({', '.join(f'{k} {v:.6f}' for k, v in lowest.items())})")
     value = min(kept.values())
-    how = (f"{value:.6f}: the lowest cosine between {len(chosen)} sample videos and their re-encodings under "
+    how = (f"{value:.6f}: the lowest cosine between {sampled} sample videos and their re-encodings under "
            f"{', '.join(kept)}")
     if dropped:
         how += (f"; left out {', '.join(f'{d} (lowest {lowest[d]:.6f})' for d in dropped)}: below the median cosine "
@@ -180,7 +186,8 @@ def perturbations(video: Video, folder: Path) -> dict[str, Video]:
     """The small edits a copy of a clip goes through: a re-crop, a re-export, a trim."""
     s, frames = CROP_SHIFT_PX, video.frames
     out = {f"crop shift {s} px": replace(video, frames=np.pad(frames[:, s:, s:], ((0, 0), (0, s), (0, s), (0, 0)), mode="edge"))}
-    path = write_video(folder / "recompressed.mp4", frames, fps=video.fps, codec="libx264")
+    even = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # H.264 4:2:0 needs even sides
+    path = write_video(folder / "recompressed.mp4", even, fps=video.fps, codec="libx264")
     out["re-compression (H.264)"] = read_video(path)
     if video.n_frames > FRAME_OFFSET + 2:
         out[f"frame offset {FRAME_OFFSET}"] = replace(video, frames=frames[FRAME_OFFSET:])
