@@ -466,3 +466,84 @@ def serve(
     from embedstore.service.app import serve as run_server
 
     run_server(store, host, port, workers, log_level)
+
+
+@command("search-batch")
+def search_batch_cmd(
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    ids: Annotated[Optional[str], typer.Option("--ids", help="stored video ids, comma-separated")] = None,
+    vectors: Annotated[Optional[Path], typer.Option("--vectors", help=".npy file holding query vectors [N, D]")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="number of neighbours")] = 10,
+    target: TargetOpt = "videos",
+    where: Annotated[Optional[str], typer.Option(help="DuckDB filter over the catalog, e.g. \"split = 'TEST'\"")] = None,
+    exclude_self: Annotated[bool, typer.Option("--exclude-self/--include-self", help="leave each --ids video out of its own answer")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Neighbours of many stored ids or vectors in one index call (REST: POST /search/batch)."""
+    from embedstore.index.search import Searcher, read_vector_file
+    from embedstore.store import open_store
+
+    id_list = [i.strip() for i in ids.split(",") if i.strip()] if ids is not None else None
+    with open_store(store, read_only=True) as st:
+        results = Searcher(st, encoder, target).search_many(
+            vectors=read_vector_file(vectors) if vectors else None, ids=id_list, k=k, where=where,
+            exclude_self=exclude_self)
+    if as_json:
+        emit([r.to_dict() for r in results], True)
+        return
+    for number, result in enumerate(results, 1):
+        typer.echo(f"query {number}: {result.query.get('id', 'vector')}")
+        _print_hits(result, target)
+
+
+@command("audit")
+def audit_cmd(
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "r3d",
+    against: Annotated[Optional[Path], typer.Option("--against", help="another store encoded with the same encoder: overlap with it")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="near-duplicate cosine (default: chosen from the data, printed)")] = None,
+    k: int = typer.Option(10, "-k", "--k", min=1, help="neighbours asked per vector (more where all k are near-duplicates)"),
+    seed: int = typer.Option(0, help="seed of the samples and of the suggested re-split"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="also write the report to this file (markdown, or JSON with --json)")] = None,
+    resplit: Annotated[Optional[Path], typer.Option("--resplit", help="write the suggested patient-grouped split here (CSV for `embedstore split --apply`)")] = None,
+    fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="exit 1 when any of these is found: patient,study,duplicate,near-duplicate")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Exact and near duplicates, patients and studies across splits, overlap with another store; a suggested re-split."""
+    from embedstore.analysis.audit import audit, parse_kinds, to_markdown, write_split_csv
+    from embedstore.store import open_store
+
+    kinds = parse_kinds(fail_on)
+    with open_store(store, read_only=True) as st:
+        result = audit(st, encoder, against=against, threshold=threshold, k=k, seed=seed, progress=not quiet)
+    text = json.dumps(result.report, indent=2, default=str) if as_json else to_markdown(result.report)
+    if out is not None:
+        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    if resplit is not None:
+        write_split_csv(result.resplit, resplit)
+    typer.echo(text.rstrip("\n"))
+    found = result.found(kinds)
+    if found:
+        typer.echo(f"audit found: {', '.join(found)} (--fail-on {','.join(kinds)})", err=True)
+        raise typer.Exit(1)
+
+
+@command("split")
+def split_cmd(
+    apply: Annotated[Path, typer.Option("--apply", help="CSV with video_id,split rows (e.g. from `embedstore audit --resplit`)")],
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set the videos' TRAIN/VAL/TEST split from a CSV, all rows or none."""
+    from embedstore.analysis.audit import apply_split
+    from embedstore.store import open_store
+
+    with open_store(store) as st:
+        summary = apply_split(st, apply)
+    if as_json:
+        emit(summary, True)
+        return
+    typer.echo(f"split set for {summary['rows']} videos ({summary['changed']} changed): "
+               + ", ".join(f"{k} {v}" for k, v in sorted(summary["by_split"].items())))

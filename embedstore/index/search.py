@@ -266,6 +266,115 @@ class Searcher:
                   "vector": self.search_vector}[next(iter(given))]
         return method(next(iter(given.values())), **common)
 
+    # -- batches ------------------------------------------------------------------------------
+    def search_many(self, vectors=None, ids=None, k: int = 10, where: str | None = None,
+                    exclude_self: bool = True) -> list[SearchResult]:
+        """One SearchResult per query vector ([N, D]) or stored id, as a loop over search_vector / search_id gives.
+
+        One FAISS call for the whole batch (FAISS spreads a batch over all cores), so evaluations and
+        audits do not pay per-query costs. Same neighbours as the loop: exactly with an exact index;
+        with a filter on an approximate one, within its recall (the loop's selector also leaves the
+        query itself out, the batch's cannot, so it asks for one more and drops it).
+        """
+        start = time.perf_counter()
+        if (vectors is None) == (ids is None):
+            raise BadInput("give either query vectors or stored ids, not both or neither")
+        if ids is not None:
+            ids = list(ids)
+            queries, rows = self.vectors_of(ids)
+            exclude = rows if exclude_self and self.target == "videos" else None
+            kinds = [{"kind": "id", "id": i} for i in ids]
+        else:
+            queries = normalise(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1) if len(vectors) else
+                                np.zeros((0, self.dim), np.float32), self.dim, "query vectors")
+            exclude, kinds = None, [{"kind": "vector"} for _ in range(len(queries))]
+        scores, rows, filtered_out = self._neighbours_many(queries, k, where, exclude)
+        took = round((time.perf_counter() - start) * 1000 / max(1, len(queries)), 3)  # the batch's time, per query
+        results = []
+        for query, score_row, row_row in zip(kinds, scores, rows):
+            valid = row_row >= 0
+            hits = self._hits(score_row[valid], row_row[valid], None)
+            results.append(SearchResult(
+                hits=hits, filtered_out=filtered_out, provenance=self.provenance, took_ms=took,
+                ef_estimate=_ef_estimate(hits),
+                query={**query, "k": k, "where": where, "target": self.target, "same_patient": False}))
+        return results
+
+    def neighbours_many(self, vectors: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
+                        where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """[N, k] (scores, rows) of unit query vectors, best first, padded with (-inf, -1); exclude_rows[i]
+        (a row, or -1) is left out of query i's answer. The array form of search_many, for audits of
+        millions of vectors, where one Hit object per neighbour would cost more than the search."""
+        scores, rows, _ = self._neighbours_many(np.ascontiguousarray(vectors, dtype=np.float32), k, where, exclude_rows)
+        return scores, rows
+
+    def vectors_of(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(stored vectors [N, D], their rows) of stored ids, from the index itself when it holds them."""
+        if self.target != "videos" or any(i not in self._row_of_id for i in ids):
+            vectors = self.store.get_vectors(self.encoder, ids, self.target)  # NotFound naming the unknown id
+            return vectors, self._rows_of_list(ids) if self.target == "videos" else np.full(len(ids), -1, np.int64)
+        rows = self._rows_of_list(ids)
+        return self.vectors_at(rows), rows
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """Stored vectors of HDF5 rows (no file read when the index holds the vectors exactly)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.zeros((0, self.dim), np.float32)
+        if self.exact_storage:
+            return self.index.reconstruct_batch(rows)
+        return self.store.vectors.read_rows(self.encoder, self.target, rows)
+
+    def _rows_of_list(self, ids: list[str]) -> np.ndarray:
+        return np.array([self._row_of_id.get(i, -1) for i in ids], dtype=np.int64)
+
+    def _neighbours_many(self, queries: np.ndarray, k: int, where: str | None,
+                         exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """The batch form of _neighbours: one FAISS call (or one matrix product over a small filtered set)."""
+        self._check_k(k)
+        n_queries = len(queries)
+        if exclude is None or not (np.asarray(exclude) >= 0).any():
+            exclude = None
+        else:
+            exclude = np.asarray(exclude, dtype=np.int64).reshape(n_queries)
+        extra = 0 if exclude is None else 1
+        allowed = None if where is None else allowed_rows(self.store, self.encoder, self.target, where)
+        filtered_out = 0 if allowed is None else self.size - len(allowed)
+        if n_queries == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), filtered_out
+        if allowed is None:
+            n = min(k + extra, self.size)
+            if n not in self._plain_params:
+                self._plain_params[n] = search_parameters(self.sidecar["search_params"], n)
+            scores, rows = self.index.search(queries, n, params=self._plain_params[n])
+        elif len(allowed) <= EXACT_SUBSET_MAX:
+            scores, rows = self._exact_many(queries, allowed, min(k + extra, len(allowed)))
+        else:
+            mask = np.zeros(int(self.rows[-1]) + 1, dtype=bool)
+            mask[allowed] = True
+            bitmap = np.packbits(mask, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+            n = min(k + extra, len(allowed))
+            params = search_parameters(self.sidecar["search_params"], n, selector, len(allowed) / self.size)
+            scores, rows = self.index.search(queries, n, params=params)
+        scores, rows = _drop_excluded(scores, rows, exclude, k)
+        if allowed is not None and len(allowed) > EXACT_SUBSET_MAX:  # short answers under a selective filter
+            for i in np.flatnonzero((rows < 0).any(axis=1)):
+                own = exclude[i:i + 1] if exclude is not None and exclude[i] >= 0 else NO_ROWS
+                rest = np.setdiff1d(allowed, own, assume_unique=True)
+                found_scores, found_rows = self._exact(queries[i:i + 1], rest, min(k, len(rest)))
+                scores[i, :len(found_rows)], rows[i, :len(found_rows)] = found_scores, found_rows
+        return scores, rows, filtered_out
+
+    def _exact_many(self, queries: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        scores = queries @ self.vectors_at(rows).T
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else np.tile(np.arange(n), (len(queries), 1))
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        return np.take_along_axis(top_scores, order, axis=1), rows[np.take_along_axis(top, order, axis=1)]
+
     # -- the one search path ------------------------------------------------------------------
     def _query(self, vector) -> np.ndarray:
         arr = np.asarray(vector, dtype=np.float32)
@@ -417,3 +526,20 @@ def _ef_estimate(hits: list[Hit]) -> dict | None:
     mean = sum(values) / len(values)
     std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
     return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values)}
+
+
+def _drop_excluded(scores: np.ndarray, rows: np.ndarray, exclude: np.ndarray | None,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, k] answers without each query's excluded row (and FAISS's -1 padding moved to the end)."""
+    keep = rows >= 0
+    if exclude is not None:
+        keep &= rows != exclude[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept ones first, in their order
+    scores, rows, keep = (np.take_along_axis(a, order, axis=1) for a in (scores, rows, keep))
+    scores, rows = scores.copy(), rows.copy()
+    scores[~keep], rows[~keep] = -np.inf, -1
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+    return scores.astype(np.float32, copy=False), rows

@@ -30,7 +30,7 @@ import embedstore
 from embedstore import config
 from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.service.schemas import (
-    Encoders, ErrorResponse, Health, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest,
+    BatchSearchRequest, BatchSearchResponse, Encoders, ErrorResponse, Health, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest,
     SimilarityResponse, UploadSimilarityForm, VideoRecord, View,
 )
 from embedstore.service.settings import Settings
@@ -124,6 +124,11 @@ async def search(body: SearchRequest, state: State) -> Response:
     return json_response(SearchResponse.body(await state.search_request(body)))
 
 
+async def search_batch(body: BatchSearchRequest, state: State) -> Response:
+    """Many searches by stored ids or vectors with the same options, in one index call (at most max_batch)."""
+    return json_response(await state.call(state.search_batch, body))
+
+
 async def search_video(request: Request, state: State) -> Response:
     """Neighbours of an uploaded AVI, MP4 or DICOM video (multipart: `file` plus the search fields)."""
     async with state.pool.slot(), state.uploads(request, ("file",)) as (fields, files):
@@ -141,6 +146,12 @@ async def similarity_videos(request: Request, state: State) -> SimilarityRespons
     async with state.pool.slot(), state.uploads(request, ("a", "b")) as (fields, files):
         form = parse_form(UploadSimilarityForm, fields)
         return SimilarityResponse(**await state.pool.run("media", state.similar_uploads, form.encoder, files["a"], files["b"]))
+
+
+async def audit(state: State, encoder: str, threshold: float | None = None, k: int = 10) -> Response:
+    """`embedstore audit`: duplicates, near-duplicates, patients and studies across splits, a suggested re-split
+    (its counts); the threshold is chosen from the data unless given. Computed once per arguments."""
+    return json_response(await state.call(state.audit, encoder, threshold, k, lane="media"))
 
 
 async def view(encoder: str, state: State, method: Literal["umap", "pca"] = "umap") -> View:
@@ -164,11 +175,13 @@ def add_api_routes(app: FastAPI, settings: Settings) -> None:
     route("/videos/{video_id}/thumbnail", thumbnail, ["GET"], response_class=Response,
           responses={**ERRORS, 200: {"content": {"image/png": {}, "image/gif": {}}, "description": "the image"}})
     route("/search", search, ["POST"], response_model=SearchResponse)
+    route("/search/batch", search_batch, ["POST"], response_model=BatchSearchResponse)
     route("/search/video", search_video, ["POST"], response_model=SearchResponse,
           openapi_extra=multipart_body(SearchOptions, ("file",)))
     route("/similarity", similarity, ["POST"])
     route("/similarity/videos", similarity_videos, ["POST"], openapi_extra=multipart_body(UploadSimilarityForm, ("a", "b")))
     route("/views/{encoder}", view, ["GET"])
+    route("/audit", audit, ["GET"])
 
 
 BEARER = HTTPBearer(auto_error=False, description="the server's EMBEDSTORE_API_TOKEN")

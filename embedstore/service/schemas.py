@@ -184,3 +184,36 @@ class View(BaseModel):
     x: list[float]
     y: list[float]
     labels: dict[str, list[Any]] = Field(description="catalog column -> one value per id")
+
+
+# -- batch search --------------------------------------------------------------------------------
+class BatchQueries(Strict):
+    """Exactly one of video_ids, vectors: one search per item."""
+
+    video_ids: list[str] | None = Field(None, min_length=1, description="stored video ids")
+    vectors: list[list[float]] | None = Field(None, min_length=1, description="query vectors, normalised by the server")
+
+    @model_validator(mode="after")
+    def one_kind(self) -> "BatchQueries":
+        if (self.video_ids is None) == (self.vectors is None):
+            raise ValueError("give exactly one of video_ids, vectors")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.video_ids if self.video_ids is not None else self.vectors)
+
+
+class BatchSearchRequest(Strict):
+    """Many searches with the same options, answered by one index call (`Searcher.search_many`)."""
+
+    encoder: str = Field(min_length=1, max_length=128)
+    k: int = Field(10, ge=1, description="number of neighbours; the service's max_k bounds it (400 above)")
+    target: Target = "videos"
+    where: str | None = Field(None, max_length=4000, description="DuckDB expression over the catalog")
+    exclude_self: bool = Field(True, description="leave each query video out of its own video_ids answer")
+    queries: BatchQueries = Field(description="the service's max_batch bounds their number (400 above)")
+
+
+class BatchSearchResponse(BaseModel):
+    searches: list[SearchResponse] = Field(description="one per query, in the order given")
+

@@ -30,6 +30,7 @@ class Settings:
     queue_size: int = 64  # requests that may wait for a worker thread; beyond: 503 code "busy"
     retry_after_s: int = 2  # the Retry-After of every 503
     search_threads: int = 1  # OpenMP threads per FAISS call: a single query gains nothing from more
+    max_batch: int = 256  # queries in one POST /search/batch (the body limit bounds vectors too)
     api_token: str | None = None  # when set, every route but /health needs `Authorization: Bearer <token>`
     filter_timeout_s: float = 5.0  # a where filter's DuckDB work is interrupted past this (or the request timeout)
     expose_source_paths: bool = False  # trusted local use only: REST metadata then carries the server's file paths

@@ -35,7 +35,7 @@ import embedstore
 from embedstore.errors import BadInput, Busy, EmbedstoreError, NotFound, TooLarge, VideoError
 from embedstore.index.search import RANDOM_INIT, Searcher
 from embedstore.index.similar import calibration, similar
-from embedstore.service.schemas import SearchOptions, SearchRequest, SimilarityRequest
+from embedstore.service.schemas import BatchSearchRequest, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest
 from embedstore.service.settings import Settings
 from embedstore.store import open_store
 from embedstore.video.read import VIDEO_SUFFIXES, Video, read_video
@@ -283,6 +283,7 @@ class ServiceState:
         self.upload_dir = Path(tempfile.mkdtemp(prefix="embedstore-uploads-"))
         self.searchers: dict[tuple[str, str], Searcher] = {}
         self.thumbnail = lru_cache(THUMBNAILS_CACHED)(self._thumbnail)
+        self._audits = lru_cache(8)(self._audit)
         info = self.store.info()
         self.videos = int(info["counts"]["videos"])
         self.vector_sets = [s for s in info["vector_sets"] if s["target"] and s["n"]]
@@ -411,6 +412,17 @@ class ServiceState:
             where=request.where, exclude_self=request.exclude_self, same_patient=request.same_patient)
         return self.public_result(result.to_dict())
 
+    def search_batch(self, request: BatchSearchRequest) -> dict:
+        """`Searcher.search_many` over at most max_batch queries (400 above, before any search)."""
+        if len(request.queries) > self.settings.max_batch:
+            raise BadInput(f"a batch of {len(request.queries)} queries is over this service's limit of "
+                           f"{self.settings.max_batch}; split it into several requests")
+        q = request.queries
+        results = self.searcher(request.encoder, request.target).search_many(
+            vectors=q.vectors, ids=q.video_ids, k=self.check_k(request.k), where=request.where,
+            exclude_self=request.exclude_self)
+        return {"searches": [SearchResponse.body(r.to_dict()) for r in results]}
+
     def search_upload(self, options: SearchOptions, upload: Upload) -> dict:
         """Like `embedstore search --video`: a file already in the store answers with its stored vector."""
         video = self.decode(upload)
@@ -432,6 +444,16 @@ class ServiceState:
         with named_as(a.path, a.name), named_as(b.path, b.name):
             out = similar(self.store, encoder, a.path, b.path)
         return {**out, "a": a.name, "b": b.name}
+
+    def audit(self, encoder: str, threshold: float | None, k: int) -> dict:
+        """`embedstore audit`'s report (without --against: no server paths from clients), kept per arguments:
+        the store is read-only, so the answer cannot change while the server runs."""
+        return self._audits(encoder, threshold, self.check_k(k))
+
+    def _audit(self, encoder: str, threshold: float | None, k: int) -> dict:
+        from embedstore.analysis.audit import audit
+
+        return audit(self.store, encoder, threshold=threshold, k=k, searcher=self.searcher(encoder, "videos")).report
 
     def view(self, encoder: str, method: str) -> dict:
         from embedstore.analysis.views import load_view

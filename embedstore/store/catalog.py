@@ -359,6 +359,31 @@ class Catalog:
         tables = ["videos", "patients", "studies", "reports", "embeddings", "encoders", "runs"]
         return {t: int(self.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
 
+    # -- audits and splits (embedstore.analysis.audit) -----------------------------------------
+    def video_table(self, columns: tuple[str, ...]) -> dict[str, list]:
+        """Columns of every video in id order, one list each: an audit reads them once, not per pair."""
+        unknown = [c for c in columns if c not in VIDEO_COLUMNS]
+        if unknown:
+            raise BadInput(f"unknown video column(s) {unknown}; known: {VIDEO_COLUMNS}")
+        select = ", ".join(f'"{c}"' for c in columns)
+        with self.con.cursor() as cursor:  # a cursor of its own: this connection may hold an unfinished result
+            return cursor.sql(f"SELECT {select} FROM videos ORDER BY video_id").to_arrow_table().to_pydict()
+
+    def set_splits(self, ids: list[str], splits: list[str]) -> int:
+        """Set the split of the given videos in one transaction (all or none); returns how many rows changed."""
+        import pyarrow as pa
+
+        with self.transaction():  # registered inside it, as _insert does: the connection may hold a finished result
+            self.con.register("_new_splits", pa.table({"video_id": list(ids), "split": list(splits)}))
+            try:
+                changed = self.con.execute(
+                    "SELECT count(*) FROM videos v JOIN _new_splits n USING (video_id) "
+                    "WHERE v.split IS DISTINCT FROM n.split").fetchall()[0][0]
+                self.con.execute("UPDATE videos SET split = n.split FROM _new_splits n WHERE videos.video_id = n.video_id")
+            finally:
+                self.con.unregister("_new_splits")
+        return int(changed)
+
 
 def _alive(pid: int) -> bool:
     try:

@@ -459,6 +459,33 @@ function bindMap() {
   window.addEventListener("resize", draw);
 }
 
+// -- audit: the summary of GET /audit (the same report as `embedstore audit`) ------------------------
+async function runAudit() {
+  const box = $("#audit");
+  box.textContent = "auditing… (the first run re-encodes a few sample videos to choose the threshold)";
+  try {
+    const report = await getJSON(`audit?encoder=${encodeURIComponent(state.encoder.name)}`);
+    const pairs = (counts) => Object.entries(counts).map(([pair, n]) => `${pair} ${n}`).join(", ");
+    const lines = [`near-duplicate threshold: cosine ${report.threshold.how}`];
+    for (const [kind, count] of Object.entries(report.counts)) {
+      const split = pairs(count.by_split_pair);
+      lines.push(`${kind}: ${count.total}${split ? ` (${split})` : ""}`);
+    }
+    const r = report.resplit;
+    lines.push(`suggested patient-grouped re-split: ${pairs(r.videos_by_split)}; ${r.moved} videos move (CLI: --resplit FILE)`);
+    const worst = report.near_duplicates.worst.slice(0, 5).map((p) => {
+      const thumbs = [[p.a, p.thumbnail_a], [p.b, p.thumbnail_b]].filter(([, url]) => url)
+        .map(([id]) => el("img", { alt: `video ${id}`, "data-id": id, class: "audit-thumb" }));
+      return el("div", {}, `${p.a} ~ ${p.b}  cosine ${fmt(p.score, 5)}  ${p.split_a || "–"} / ${p.split_b || "–"} `, ...thumbs);
+    });
+    box.replaceChildren(...lines.map((line) => el("div", { textContent: line })), ...worst);
+    box.querySelectorAll("img").forEach(loadThumb);
+  } catch (error) {
+    box.textContent = "";
+    showError(error);
+  }
+}
+
 // -- controls ----------------------------------------------------------------------------------------
 function bindControls() {
   const drop = $("#drop");
@@ -492,6 +519,7 @@ function bindControls() {
   $("#encoder").addEventListener("change", (e) => chooseEncoder(e.target.value));
   $("#method").addEventListener("change", () => loadView());
   $("#colour").addEventListener("change", colourBy);
+  $("#audit-button").addEventListener("click", runAudit);
   bindMap();
 }
 
