@@ -271,6 +271,31 @@ class Catalog:
         tables = ["videos", "patients", "studies", "reports", "embeddings", "encoders", "runs"]
         return {t: int(self.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
 
+    # -- views (EchoPrime view classifier) -----------------------------------------------------
+    def videos_to_classify(self, all_videos: bool = False) -> list[tuple[str, str]]:
+        """(video_id, source_path) of videos with a file and (unless `all_videos`) no view yet."""
+        return [(r[0], r[1]) for r in self.query(
+            "SELECT video_id, source_path FROM videos WHERE source_path IS NOT NULL"
+            + ("" if all_videos else " AND view IS NULL") + " ORDER BY video_id")]
+
+    def set_views(self, rows: list[tuple[str, str, float]]) -> int:
+        """Write (video_id, view, confidence) rows in one transaction; adds videos.view_confidence once."""
+        import pyarrow as pa
+
+        if not rows:
+            return 0
+        table = pa.table({"video_id": [r[0] for r in rows], "view": [r[1] for r in rows],
+                          "confidence": pa.array([float(r[2]) for r in rows], pa.float64())})
+        with self.transaction():
+            self.con.execute("ALTER TABLE videos ADD COLUMN IF NOT EXISTS view_confidence DOUBLE")
+            self.con.register("_bulk_views", table)
+            try:
+                self.con.execute("UPDATE videos SET view = b.view, view_confidence = b.confidence "
+                                 "FROM _bulk_views b WHERE videos.video_id = b.video_id")
+            finally:
+                self.con.unregister("_bulk_views")
+        return len(rows)
+
 
 class _Transaction:
     def __init__(self, con: duckdb.DuckDBPyConnection):
