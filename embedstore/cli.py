@@ -373,6 +373,7 @@ def export_cmd(
     split: Annotated[Optional[str], typer.Option("--split", help="keep these splits, e.g. TRAIN,VAL")] = None,
     target: TargetOpt = "videos",
     source_data: Annotated[Optional[str], typer.Option("--source-data", help="echonet, phantom or own (default: the release's, else echonet when ids look like EchoNet FileNames, else own)")] = None,
+    accept_licence: Annotated[Optional[str], typer.Option("--accept-licence", help="who accepted the encoder's no-redistribution licence, and on what grounds (recorded in the bundle)")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -382,7 +383,7 @@ def export_cmd(
 
     with open_store(store, read_only=True) as st:
         manifest = run_export(st, encoder, out, fmt=fmt, splits=split.split(",") if split else None, target=target,
-                              source=source_data, progress=not quiet)
+                              source=source_data, progress=not quiet, accept_licence=accept_licence)
     if as_json:
         emit(manifest, True)
         return
