@@ -130,9 +130,9 @@ def encoders(as_json: JsonOpt = False) -> None:
         emit(rows, True)
         return
     for r in rows:
-        typer.echo(f"{r['name']:<11} dim {r['dim']:<4} {'+'.join(sorted(r['modalities'])):<10} weights: {r['weights']}")
-        typer.echo(f"{'':<11} input: {json.dumps(r['spec'], sort_keys=True)}")
-        typer.echo(f"{'':<11} licence: {r['licence']}")
+        typer.echo(f"{r['name']:<14} dim {r['dim']:<4} {'+'.join(sorted(r['modalities'])):<10} weights: {r['weights']}")
+        typer.echo(f"{'':<14} input: {json.dumps(r['spec'], sort_keys=True)}")
+        typer.echo(f"{'':<14} licence: {r['licence']}")
 
 
 @command()
@@ -244,13 +244,13 @@ def _print_hits(result, target: str) -> None:
             typer.echo(f"{h.rank:>4}  {h.id:<22} {h.score:>7.4f}  {m['patient_id'] or '-':<12} {m['study_id'] or '-':<16} "
                        f"{(m['text'] or '')[:60]}")
     else:
-        typer.echo(f"{'rank':>4}  {'id':<22} {'score':>7}  {'patient':<12} {'EF':>5}  {'split':<5}  path")
+        typer.echo(f"{'rank':>4}  {'id':<22} {'score':>7}  {'patient':<12} {'EF':>5}  {'split':<5}  {'view':<9}  path")
         for h in result.hits:
             m = h.metadata
             ef = f"{m['ef']:.1f}" if m.get("ef") is not None else "-"
             count = f"  [{h.count} near]" if h.count is not None else ""
             typer.echo(f"{h.rank:>4}  {h.id:<22} {h.score:>7.4f}  {m['patient_id'] or '-':<12} {ef:>5}  "
-                       f"{m['split'] or '-':<5}  {m['source_path'] or '-'}{count}")
+                       f"{m['split'] or '-':<5}  {m.get('view') or '-':<9}  {m['source_path'] or '-'}{count}")
     if result.filtered_out:
         typer.echo(f"filter removed {result.filtered_out} of {result.provenance['index']['n']} {target}")
     est = result.ef_estimate
@@ -461,3 +461,32 @@ def serve(
     from embedstore.service.app import serve as run_server
 
     run_server(store, host, port, workers, log_level)
+
+
+@command()
+def views(
+    store: StoreOpt = None,
+    classifier: Annotated[str, typer.Option("--classifier", help="view classifier: echoprime (11 views)")] = "echoprime",
+    model_data: Annotated[Optional[Path], typer.Option("--model-data", help="EchoPrime model_data folder or classifier file (else $EMBEDSTORE_WEIGHTS/echoprime/)")] = None,
+    random_init: RandomOpt = False,
+    all_videos: Annotated[bool, typer.Option("--all", help="classify videos that already have a view again")] = False,
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="videos per model call"),
+    workers: int = typer.Option(2, min=1, help="decode threads running ahead of the model"),
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Classify each video's view (videos.view, videos.view_confidence); then --where "view = 'A4C'" filters by it."""
+    from embedstore.encoders.views import classify_store
+    from embedstore.store import open_store
+
+    with open_store(store) as st:
+        summary = classify_store(st, classifier, model_data=model_data, random_init=random_init, device=device,
+                                 batch_size=batch_size, workers=workers, all_videos=all_videos, progress=not quiet)
+    if as_json:
+        emit(summary.as_dict(), True)
+        return
+    typer.echo(f"classified {summary.classified} videos ({classifier}), failed {len(summary.failed)}: "
+               + (", ".join(f"{k} {v}" for k, v in summary.counts.items()) or "none"))
+    for failure in summary.failed:
+        typer.echo(f"  failed: {failure['item']}: {failure['error']}")
