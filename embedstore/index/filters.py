@@ -12,7 +12,7 @@ import numpy as np
 from embedstore.errors import BadInput
 from embedstore.store import Store
 
-TABLES = {"videos": ("videos", "video_id"), "reports": ("reports", "report_id")}
+TABLES = {"videos": ("videos", "video_id"), "reports": ("reports", "report_id"), "studies": ("study_sections", "item_id")}
 
 
 def parse_where(where: str) -> duckdb.Expression:

@@ -30,7 +30,7 @@ import embedstore
 from embedstore import config
 from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.service.schemas import (
-    Encoders, ErrorResponse, Health, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest,
+    Encoders, ErrorResponse, Health, PredictRequest, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest,
     SimilarityResponse, UploadSimilarityForm, VideoRecord, View,
 )
 from embedstore.service.settings import Settings
@@ -139,6 +139,11 @@ async def similarity_videos(request: Request, state: State) -> SimilarityRespons
         return SimilarityResponse(**await state.pool.run("media", state.similar_uploads, form.encoder, files["a"], files["b"]))
 
 
+async def predict(body: PredictRequest, state: State) -> dict:
+    """Labels of a stored study from its nearest studies (nan-mean, neighbours, interval), as `embedstore predict`."""
+    return await state.call(state.predict, body)
+
+
 async def view(encoder: str, state: State, method: Literal["umap", "pca"] = "umap") -> View:
     """2-D coordinates of an encoder's videos with ids and labels, when the view has been computed."""
     return View(**await state.call(state.view, encoder, method))
@@ -165,6 +170,7 @@ def add_api_routes(app: FastAPI, settings: Settings) -> None:
     route("/similarity", similarity, ["POST"])
     route("/similarity/videos", similarity_videos, ["POST"], openapi_extra=multipart_body(UploadSimilarityForm, ("a", "b")))
     route("/views/{encoder}", view, ["GET"])
+    route("/predict", predict, ["POST"])
 
 
 BEARER = HTTPBearer(auto_error=False, description="the server's EMBEDSTORE_API_TOKEN")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Target = Literal["videos", "reports"]
+Target = Literal["videos", "reports", "studies"]
 MAX_DIM = 16_384  # longer than any encoder's output: refused by the schema, before any parsing work
 MAX_TEXT = 10_000
 
@@ -71,12 +71,16 @@ class Query(Strict):
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT, description="free text (text encoders)")
     report: str | None = Field(None, min_length=1, max_length=MAX_TEXT,
                                description="a stored report id, or report text (text encoders)")
+    study_id: str | None = Field(None, min_length=1, max_length=512, description="a stored study (target studies)")
+    section: str | None = Field(None, min_length=1, max_length=128,
+                                description="with study_id: the EchoPrime report section (default Left Ventricle)")
 
     @model_validator(mode="after")
     def one_query(self) -> "Query":
-        given = [name for name in ("video_id", "vector", "text", "report") if getattr(self, name) is not None]
+        names = ("video_id", "vector", "text", "report", "study_id")
+        given = [name for name in names if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of video_id, vector, text, report (got {', '.join(given) or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(names)} (got {', '.join(given) or 'none'})")
         return self
 
 
@@ -161,3 +165,13 @@ class View(BaseModel):
     x: list[float]
     y: list[float]
     labels: dict[str, list[Any]] = Field(description="catalog column -> one value per id")
+
+
+class PredictRequest(Strict):
+    """Prediction by retrieval over this store's own study vectors (`embedstore predict` without --bank)."""
+
+    encoder: str = Field("echoprime", min_length=1, max_length=128)
+    study_id: str = Field(min_length=1, max_length=512)
+    section: str | None = Field(None, min_length=1, max_length=128, description="EchoPrime report section (default Left Ventricle)")
+    k: int = Field(50, ge=1, description="neighbour studies; the service's max_k bounds it (400 above)")
+    labels: list[str] | None = Field(None, max_length=3, description="of ef, esv, edv (default all)")

@@ -296,6 +296,33 @@ class Catalog:
                 self.con.unregister("_bulk_views")
         return len(rows)
 
+    # -- study vectors (EchoPrime sections) ----------------------------------------------------
+    def study_videos(self, encoder: str) -> list[tuple[str, str, str | None, str | None]]:
+        """(video_id, study_id, patient_id, view) of every video in a study with an `encoder` video vector."""
+        return self.query(
+            "SELECT v.video_id, v.study_id, v.patient_id, v.view FROM videos v JOIN embeddings e ON e.item_id = v.video_id "
+            "WHERE e.encoder = ? AND e.target = 'videos' AND v.study_id IS NOT NULL ORDER BY v.study_id, v.video_id",
+            [encoder])
+
+    def add_study_sections(self, rows: list[dict]) -> None:
+        """Rows of study_sections (item_id = study_id/section): what a `studies` vector stands for."""
+        self.con.execute("CREATE TABLE IF NOT EXISTS study_sections (item_id VARCHAR PRIMARY KEY, study_id VARCHAR, "
+                         "section VARCHAR, patient_id VARCHAR, n_videos INTEGER)")
+        if rows:
+            cols = ("item_id", "study_id", "section", "patient_id", "n_videos")
+            self._insert("study_sections", {c: [r[c] for r in rows] for c in cols}, ignore=True)
+
+    def study_labels(self, columns: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """Per study, the mean of each label column over its videos (NULLs left out; absent when all NULL)."""
+        allowed = {"ef", "esv", "edv"}
+        if not set(columns) <= allowed:
+            raise BadInput(f"study labels come from {', '.join(sorted(allowed))}; got {', '.join(columns)}")
+        select = ", ".join(f"avg({c})" for c in columns)
+        out: dict[str, dict[str, float]] = {}
+        for row in self.query(f"SELECT study_id, {select} FROM videos WHERE study_id IS NOT NULL GROUP BY study_id"):
+            out[row[0]] = {c: float(v) for c, v in zip(columns, row[1:]) if v is not None}
+        return out
+
 
 class _Transaction:
     def __init__(self, con: duckdb.DuckDBPyConnection):

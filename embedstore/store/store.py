@@ -19,7 +19,7 @@ from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.store.catalog import Catalog
 from embedstore.store.vectors import VectorFile
 
-TARGETS = ("videos", "reports")
+TARGETS = ("videos", "reports", "studies")  # studies: EchoPrime section vectors (index/studies.py)
 
 
 def normalise(vectors: np.ndarray, dim: int | None = None, what: str = "vectors") -> np.ndarray:
