@@ -86,6 +86,7 @@ def test_encoder_loads_the_released_layout_and_embeds(embedded, model_data):
     prov = enc.provenance()
     assert prov["weights"].endswith("weights/echo_prime_encoder.pt") and prov["dim"] == 512
     assert prov["preprocessing"]["mean"] == [29.110628, 28.076836, 29.096405]
+    assert "academic" in prov["preprocessing"]["licence"] and "no redistribution" in prov["preprocessing"]["licence"]
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def test_loads_backbone_drops_time_encoding_and_heads(encoder, panecho_file):
     assert pe[0, 1, 1].item() == pytest.approx(math.cos(1.0))
     assert pe[0, 3, 2].item() == pytest.approx(math.sin(3 / 10000 ** (2 / 768)), abs=1e-6)
     assert pe[0, 0, 767].item() == pytest.approx(1.0)
+    assert "CC BY-NC-SA 4.0" in encoder.provenance()["preprocessing"]["licence"]
 
 
 def test_clip_starts_and_preparation():

@@ -18,7 +18,7 @@ import numpy as np
 
 from embedstore.encoders.base import Encoder, register
 from embedstore.encoders.state import load_into, load_torch_file
-from embedstore.encoders.weights import Resolved
+from embedstore.encoders.weights import WEIGHTS, Resolved
 from embedstore.video.prepare import resize_uint8
 from embedstore.video.read import Video
 
@@ -91,6 +91,7 @@ class EchoPrime(Encoder):
         "std": list(STD),
         "layout": "B,C,T,H,W",
         "pooling": "mvit_v2_s class token -> head (768->512)",
+        "licence": WEIGHTS["echoprime"].licence,  # recorded with the vectors (provenance)
     }
     # batch_size 4: one clip is 16x224x224 through a video transformer
     defaults = {**Encoder.defaults, "batch_size": 4}

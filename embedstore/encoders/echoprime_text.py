@@ -16,7 +16,7 @@ import numpy as np
 
 from embedstore.encoders.base import Encoder, register
 from embedstore.encoders.state import load_into, load_torch_file
-from embedstore.encoders.weights import Resolved, hf_hub_cache
+from embedstore.encoders.weights import WEIGHTS, Resolved, hf_hub_cache
 from embedstore.errors import BadInput, WeightsNotFound
 
 BERT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
@@ -31,6 +31,7 @@ class EchoPrimeText(Encoder):
     spec = {
         "tokenizer": f"BiomedBERT WordPiece ({BERT_REPO}), padded and cut to {MAX_TOKENS} tokens",
         "pooling": "[CLS] of the last hidden state, projected 768 -> 512",
+        "licence": WEIGHTS["echoprime-text"].licence,  # recorded with the vectors (provenance)
     }
     # bert: folder with the BiomedBERT config.json and vocab.txt (else the hub cache of BERT_REPO)
     defaults = {**Encoder.defaults, "batch_size": 8, "bert": None}

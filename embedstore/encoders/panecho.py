@@ -20,7 +20,7 @@ import numpy as np
 
 from embedstore.encoders.base import Encoder, register
 from embedstore.encoders.state import load_into, load_torch_file
-from embedstore.encoders.weights import Resolved
+from embedstore.encoders.weights import WEIGHTS, Resolved
 from embedstore.errors import BadInput, VideoError
 from embedstore.video.prepare import resize_uint8
 from embedstore.video.read import Video
@@ -139,6 +139,7 @@ class PanEcho(Encoder):
         "std": list(IMAGENET_STD),
         "layout": "B,C,T,H,W (reshaped to B*T images as the authors' forward)",
         "pooling": "mean over time of the transformer output; mean over the clips",
+        "licence": WEIGHTS["panecho"].licence,  # recorded with the vectors (provenance)
     }
     defaults = {**Encoder.defaults, "batch_size": 2}
 

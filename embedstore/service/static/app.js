@@ -185,7 +185,8 @@ function card(hit) {
       el("div", { class: "id" }, `#${hit.rank} ${hit.id}`),
       el("div", {}, `score ${fmt(hit.score, 3)}`),
       el("div", {}, `patient ${meta.patient_id ?? "–"}`),
-      el("div", {}, `EF ${fmt(meta.ef)} · ${meta.split ?? "–"}`)));
+      el("div", {}, `EF ${fmt(meta.ef)} · ${meta.split ?? "–"}`),
+      el("div", { class: "view" }, `view ${meta.view ?? "–"}`)));
   node.addEventListener("click", () => {
     $("#video-id").value = hit.id;
     search({ video_id: hit.id });
