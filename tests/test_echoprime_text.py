@@ -63,7 +63,8 @@ def test_keys_tokens_and_projected_cls(bert_and_weights):
         enc.embed_videos([])
 
 
-def test_missing_files_say_where(bert_and_weights, offline, tmp_path):  # noqa: F811
+def test_missing_files_say_where(bert_and_weights, offline, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("EMBEDSTORE_BIOMEDBERT", raising=False)
     bert, model_data, _ = bert_and_weights
     with pytest.raises(WeightsNotFound) as err:
         get_encoder("echoprime-text", bert=bert)
@@ -82,3 +83,29 @@ def test_wrong_key_names_are_refused(bert_and_weights, tmp_path):
         get_encoder("echoprime-text", weights=path, bert=bert)
     assert_one_line(str(err.value))
     assert "missing backbone." in str(err.value) and "text_projection" in str(err.value)
+
+
+def test_reports_encoded_and_searched_by_text_from_the_cli(bert_and_weights, tmp_path, monkeypatch):
+    """encode --target reports, index, search --text: the query encoder is rebuilt from the recorded
+    weights and $EMBEDSTORE_BIOMEDBERT, and a report's own text finds it first."""
+    from typer.testing import CliRunner
+
+    from embedstore.cli import app
+    from embedstore.store import open_store
+
+    bert, model_data, _ = bert_and_weights
+    monkeypatch.setenv("EMBEDSTORE_BIOMEDBERT", str(bert))
+    texts = ["LV ejection fraction is 55 %.", "The mitral valve is normal.", "the left ventricle is normal."]
+    with open_store(tmp_path / "s", create=True) as st:
+        st.add_reports([{"report_id": f"r{i}", "study_id": f"S{i}", "text": t} for i, t in enumerate(texts)])
+    run = CliRunner()
+    store = str(tmp_path / "s")
+    out = run.invoke(app, ["encode", "--store", store, "-e", "echoprime-text", "--weights", str(model_data),
+                           "--target", "reports", "--device", "cpu", "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert run.invoke(app, ["index", "--store", store, "-e", "echoprime-text", "--target", "reports"]).exit_code == 0
+    found = run.invoke(app, ["search", "--store", store, "-e", "echoprime-text", "--target", "reports",
+                             "--text", texts[1], "-k", "2", "--json"])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.stdout)["hits"]
+    assert hits[0]["id"] == "r1" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)

@@ -9,6 +9,7 @@ the last hidden state (the store L2-normalises it).
 """
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from embedstore.encoders.weights import WEIGHTS, Resolved, hf_hub_cache
 from embedstore.errors import BadInput, WeightsNotFound
 
 BERT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+BERT_ENV = "EMBEDSTORE_BIOMEDBERT"
 MAX_TOKENS = 512
 LAYOUT = "EchoPrime text encoder state dict: backbone.* (BertForMaskedLM) + text_projection.* (768 -> 512)"
 
@@ -33,7 +35,7 @@ class EchoPrimeText(Encoder):
         "pooling": "[CLS] of the last hidden state, projected 768 -> 512",
         "licence": WEIGHTS["echoprime-text"].licence,  # recorded with the vectors (provenance)
     }
-    # bert: folder with the BiomedBERT config.json and vocab.txt (else the hub cache of BERT_REPO)
+    # bert: folder with the BiomedBERT config.json and vocab.txt (else $EMBEDSTORE_BIOMEDBERT, else the hub cache)
     defaults = {**Encoder.defaults, "batch_size": 8, "bert": None}
 
     def _load(self, resolved: Resolved | None):
@@ -50,7 +52,7 @@ class EchoPrimeText(Encoder):
 
     @cached_property
     def bert_folder(self) -> Path:
-        explicit = self.options["bert"]
+        explicit = self.options["bert"] or os.environ.get(BERT_ENV)
         if explicit:
             folder = Path(explicit).expanduser()
             if not (folder / "config.json").is_file():
@@ -64,7 +66,7 @@ class EchoPrimeText(Encoder):
         raise WeightsNotFound(
             f"echoprime-text needs the BiomedBERT config and vocabulary: not in the Hugging Face cache {hf_hub_cache()}"
             f" (hub id {BERT_REPO}); fetch with: hf download {BERT_REPO} config.json vocab.txt --local-dir DIR,"
-            " then pass bert=DIR"
+            f" then set {BERT_ENV}=DIR (or pass bert=DIR)"
         )
 
     @cached_property
