@@ -533,6 +533,7 @@ def predict(
     bank: Annotated[Optional[Path], typer.Option("--bank", help="EchoPrime candidates_data folder (default: this store's own studies)")] = None,
     bank_cache: Annotated[Optional[Path], typer.Option("--bank-cache", help="folder for the one-off .npy of the bank's embeddings (default: beside them)")] = None,
     label: Annotated[Optional[list[str]], typer.Option("--label", help="label to predict (repeatable; default all)")] = None,
+    phenotypes: Annotated[Optional[Path], typer.Option("--phenotypes", help="with --bank: EchoPrime's assets/section_to_phenotypes.pkl, each label from its own section's neighbours")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Predict a study's labels from its k nearest studies: nan-mean per label, the neighbours, an interval."""
@@ -540,14 +541,15 @@ def predict(
     from embedstore.store import open_store
 
     with open_store(store, read_only=True) as st:
-        out = run_predict(st, study, encoder, section, k, bank=bank, labels=label or None, cache=bank_cache)
+        out = run_predict(st, study, encoder, section, k, bank=bank, labels=label or None, cache=bank_cache,
+                          phenotypes=phenotypes)
     if as_json:
         emit(out, True)
         return
     typer.echo(f"study {out['study_id']} ({out['section']}), {len(out['neighbours'])} neighbours from the {out['source']}:")
     for name, p in out["predictions"].items():
-        typer.echo(f"  {name}: {p['mean']:.3f} (n={p['n']}, 95% of neighbours {p['interval'][0]:.3f}-{p['interval'][1]:.3f})"
-                   if p else f"  {name}: - (no neighbour has this label)")
+        typer.echo(f"  {name}: {p['mean']:.3f} (n={p['n']}, 95% of neighbours {p['interval'][0]:.3f}-{p['interval'][1]:.3f}"
+                   f"{', section ' + p['section'] if 'section' in p else ''})" if p else f"  {name}: - (no neighbour has this label)")
     for nb in out["neighbours"][:10]:
         values = ", ".join(f"{n} {v:.3g}" for n, v in nb["labels"].items() if v is not None)
         typer.echo(f"    {nb['study_id']:<24} {nb['score']:.4f}  {values}")

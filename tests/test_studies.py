@@ -233,3 +233,27 @@ def test_bank_missing_files_and_top_k_in_chunks(tmp_path, monkeypatch):
     expected = np.argsort(-(matrix @ query), kind="stable")[:9]
     np.testing.assert_array_equal(rows, expected)
     np.testing.assert_allclose(scores, (matrix @ query)[expected], rtol=1e-6)
+
+
+def test_bank_labels_from_their_own_sections(tmp_path):
+    """Q = A2C e0 + Parasternal_Long e1. Left Ventricle (weights 1, 0.25) -> (1, 0.25): top 2 = C1 (0.989), C5 (0.976).
+    Mitral Valve (1, 1) -> (1, 1): top 2 = C2 (1.0), C5 (0.949). EF maps to Left Ventricle: C1 NaN, C5 45 -> 45 (n 1);
+    MR_severe maps to Mitral Valve: C2 has none, C5 0 -> 0 (n 1); from the Left Ventricle neighbours it would be n 2."""
+    bank = write_bank(tmp_path / "candidates_data")
+    with open_store(tmp_path / "s", create=True) as st:
+        st.add_videos([{"video_id": "q1", "study_id": "Q"}, {"video_id": "q2", "study_id": "Q"}])
+        st.add_vectors(PROV, ["q1", "q2"], np.stack([unit(1), unit(0, 1)]))
+        st.catalog.set_views([("q1", "A2C", 1.0), ("q2", "Parasternal_Long", 1.0)])
+        build_study_vectors(st, "echoprime", write_mil(tmp_path / "MIL_weights.csv"))
+    with open(tmp_path / "section_to_phenotypes.pkl", "wb") as fh:
+        pickle.dump({"Left Ventricle": ["EF"], "Mitral Valve": ["MR_severe"]}, fh)
+    with open_store(tmp_path / "s", read_only=True) as st:
+        plain = predict(st, "Q", k=2, bank=bank)
+        mapped = predict(st, "Q", k=2, bank=bank, phenotypes=tmp_path / "section_to_phenotypes.pkl")
+        with pytest.raises(BadInput, match="goes with --bank"):
+            predict(st, "Q", k=2, phenotypes=tmp_path / "section_to_phenotypes.pkl")
+    assert [n["study_id"] for n in plain["neighbours"]] == ["C1", "C5"]
+    assert plain["predictions"]["MR_severe"] == {"mean": 0.0, "n": 2, "interval": [0.0, 0.0]}
+    assert mapped["neighbours_by_section"] == {"Left Ventricle": ["C1", "C5"], "Mitral Valve": ["C2", "C5"]}
+    assert mapped["predictions"]["EF"]["mean"] == 45.0 and mapped["predictions"]["EF"]["n"] == 1
+    assert mapped["predictions"]["MR_severe"] == {"mean": 0.0, "n": 1, "interval": [0.0, 0.0], "section": "Mitral Valve"}

@@ -145,13 +145,44 @@ def summarise(values: list[float]) -> dict | None:
     return {"mean": float(arr.mean()), "n": int(len(arr)), "interval": [float(low), float(high)]}
 
 
+def read_phenotype_sections(path: str | Path) -> dict[str, str]:
+    """{label: section} from EchoPrime's assets/section_to_phenotypes.pkl ({section: [labels]}; a pickle, so
+    open only the file of their checkout)."""
+    import pandas as pd
+
+    try:
+        mapping = pd.read_pickle(Path(path).expanduser())
+        out = {str(label): section_of(str(section)) for section, labels in dict(mapping).items() for label in labels}
+    except BadInput:
+        raise
+    except Exception as exc:  # a pickle can fail in any way
+        raise BadInput(f"{path}: not EchoPrime's section_to_phenotypes pickle ({type(exc).__name__})") from exc
+    return out
+
+
+def _bank_neighbours(candidates: CandidateBank, query: np.ndarray, k: int, names: list[str]) -> list[dict]:
+    scores, rows = top_k(candidates.matrix, query, k)
+    studies = [candidates.studies[r] for r in rows]
+    return [{"study_id": s, "score": float(score),
+             "labels": {n: candidates.labels[n][s] for n in names if s in candidates.labels[n]}}
+            for s, score in zip(studies, scores.tolist())]
+
+
 def predict(store: Store, study_id: str, encoder: str = "echoprime", section: str | None = None, k: int = K,
-            bank: str | Path | None = None, labels: list[str] | None = None, cache: str | Path | None = None) -> dict:
-    """Labels of `study_id` predicted from its k nearest candidate studies (store or EchoPrime bank)."""
+            bank: str | Path | None = None, labels: list[str] | None = None, cache: str | Path | None = None,
+            phenotypes: str | Path | None = None) -> dict:
+    """Labels of `study_id` predicted from its k nearest candidate studies (store or EchoPrime bank).
+
+    With `phenotypes` (EchoPrime's section_to_phenotypes.pkl, bank only) each label is predicted from the
+    neighbours of its own section's vector, as the authors' predict_metrics does; `neighbours` lists
+    those of `section` and `neighbours_by_section` the ids per section used."""
     if k < 1:
         raise BadInput(f"k must be at least 1, got {k}")
+    if phenotypes is not None and bank is None:
+        raise BadInput("--phenotypes maps the candidate bank's labels to sections; it goes with --bank")
     section = section_of(section or "Left Ventricle")
     query = study_vector(store, encoder, study_id, section)[0]
+    out = {"study_id": study_id, "section": section, "encoder": encoder, "k": k}
     if bank is not None:
         candidates = open_bank(bank, cache)
         if candidates.matrix.shape[1] != len(query):
@@ -161,10 +192,8 @@ def predict(store: Store, study_id: str, encoder: str = "echoprime", section: st
         unknown = sorted(set(names) - set(candidates.labels))
         if unknown:
             raise BadInput(f"the bank has no label {', '.join(unknown)}; it has {', '.join(sorted(candidates.labels)[:20])}")
-        scores, rows = top_k(candidates.matrix, query, k)
-        ids = [candidates.studies[r] for r in rows]
-        values = {s: {n: candidates.labels[n].get(s) for n in names if s in candidates.labels[n]} for s in ids}
-        source = f"EchoPrime candidate bank ({len(candidates.studies)} studies)"
+        neighbours = _bank_neighbours(candidates, query, k, names)
+        out["source"] = f"EchoPrime candidate bank ({len(candidates.studies)} studies)"
     else:
         names = labels or list(STORE_LABELS)
         own = store.catalog.study_labels(tuple(names))
@@ -176,10 +205,24 @@ def predict(store: Store, study_id: str, encoder: str = "echoprime", section: st
         rows_kept = np.nonzero(keep)[0]
         scores, rows = top_k(matrix[rows_kept], query, k)
         ids = [item_ids[rows_kept[r]][: -len(suffix)] for r in rows]
-        values = {s: own.get(s, {}) for s in ids}
-        source = "store"
-    neighbours = [{"study_id": s, "score": float(score), "labels": values[s]} for s, score in zip(ids, scores.tolist())]
+        neighbours = [{"study_id": s, "score": float(score), "labels": own.get(s, {})} for s, score in zip(ids, scores.tolist())]
+        out["source"] = "store"
     predictions = {n: summarise([nb["labels"].get(n) for nb in neighbours]) for n in names}
-    return {"study_id": study_id, "section": section, "encoder": encoder, "k": k, "source": source,
-            "predictions": predictions, "neighbours": neighbours,
+    if phenotypes is not None:
+        sections = read_phenotype_sections(phenotypes)
+        unmapped = sorted(set(names) - set(sections))
+        if unmapped:
+            raise BadInput(f"{phenotypes}: no section for label(s) {', '.join(unmapped[:10])}")
+        out["neighbours_by_section"] = {}
+        for sec in sorted({sections[n] for n in names}, key=list(sections.values()).index):
+            own_names = [n for n in names if sections[n] == sec]
+            if not store.catalog.rows_for(encoder, "studies", [f"{study_id}{SEPARATOR}{sec}"]):
+                predictions.update({n: None for n in own_names})  # the study has no vector for this section
+                continue
+            found = _bank_neighbours(candidates, study_vector(store, encoder, study_id, sec)[0], k, own_names)
+            out["neighbours_by_section"][sec] = [nb["study_id"] for nb in found]
+            for n in own_names:
+                result = summarise([nb["labels"].get(n) for nb in found])
+                predictions[n] = None if result is None else {**result, "section": sec}
+    return {**out, "predictions": predictions, "neighbours": neighbours,
             "interval": "central 95% (2.5th-97.5th percentile) of the neighbours' values"}
