@@ -175,3 +175,16 @@ def test_views_fill_the_catalog_and_filter(view_weights, ingested_store, tmp_pat
         view = rows[0][1]
         n = store.catalog.query("SELECT count(*) FROM videos WHERE view = ?", [view])[0][0]
         assert n == sum(1 for r in rows if r[1] == view)
+
+
+def test_pickled_objects_are_not_loaded_and_the_fix_is_named(tmp_path):
+    import argparse
+
+    from embedstore.encoders.state import load_torch_file
+
+    path = tmp_path / "view_classifier.ckpt"
+    torch.save({"state_dict": {"model.x": torch.zeros(1)}, "hyper_parameters": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(BadInput) as err:
+        load_torch_file(path, "a view classifier")
+    assert_one_line(str(err.value))
+    assert "not loaded (they could run code)" in str(err.value) and "weights_only=False)['state_dict']" in str(err.value)

@@ -18,6 +18,11 @@ def load_torch_file(path: Path, expected: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle and zip errors have no common base
+        if "weights_only" in str(exc):  # e.g. a Lightning .ckpt with pickled hyper-parameters
+            raise BadInput(f"{path}: holds pickled objects beyond tensors, which are not loaded (they could run code);"
+                           " if you trust the file, re-save just its tensors, e.g. torch.save(torch.load(PATH,"
+                           " weights_only=False)['state_dict'], NEW.pt) for a Lightning .ckpt, and load NEW.pt;"
+                           f" expected {expected}") from exc
         why = " ".join(str(exc).split())[:160]
         raise BadInput(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {why}); expected {expected}") from exc
 
