@@ -30,6 +30,7 @@ from embedstore.service.app import create_app
 from embedstore.service.settings import Settings
 from embedstore.store import open_store
 from tests.servers import serving
+from tests.test_browser import tab  # noqa: F401 (a fixture: headless Chromium)
 
 DIM = 8
 PROV = {"encoder": "echoprime", "dim": DIM, "weights": "random-init", "weights_sha256": "random-init",
@@ -257,3 +258,25 @@ def test_bank_labels_from_their_own_sections(tmp_path):
     assert mapped["neighbours_by_section"] == {"Left Ventricle": ["C1", "C5"], "Mitral Valve": ["C2", "C5"]}
     assert mapped["predictions"]["EF"]["mean"] == 45.0 and mapped["predictions"]["EF"]["n"] == 1
     assert mapped["predictions"]["MR_severe"] == {"mean": 0.0, "n": 1, "interval": [0.0, 0.0], "section": "Mitral Valve"}
+
+
+def test_page_searches_studies(study_store, tab):  # noqa: F811
+    """The page's study form: enabled for an encoder with a studies index; cards name study, section, videos."""
+    from embedstore.analysis.views import compute_view
+    from tests.test_browser import CARDS, page_ready
+
+    with open_store(study_store, read_only=True) as st:
+        build_index(st, "echoprime", progress=False)
+        compute_view(st, "echoprime", "pca")
+        study = st.catalog.query("SELECT min(study_id) FROM videos")[0][0]
+    with serving(create_app(study_store, Settings())) as url:
+        tab.goto(url + "/")
+        page_ready(tab)
+        assert not tab.js("document.querySelector('#study-id').disabled")
+        tab.type("#section", "Mitral Valve", enter=False)
+        tab.type("#study-id", study)
+        tab.wait(f"{CARDS} === 8", "8 study cards")
+        cards = tab.js("[...document.querySelectorAll('#results .card')].map(c => c.innerText)")
+        assert all("Mitral Valve · 3 videos" in c and "study " in c for c in cards)
+        assert f"study {study}" not in " ".join(c.split("\n")[0] for c in cards)
+        assert f"study {study} · Mitral Valve" in tab.js("document.querySelector('#summary').innerText")
