@@ -214,7 +214,7 @@ def search_cmd(
     report: Annotated[Optional[str], typer.Option("--report", help="report text or stored report id (text encoders)")] = None,
     vector: Annotated[Optional[Path], typer.Option("--vector", help=".npy file holding one query vector")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="query by a stored study id (target studies)")] = None,
-    section: Annotated[Optional[str], typer.Option("--section", help="with --study: EchoPrime report section (default Left Ventricle)")] = None,
+    section: Annotated[Optional[str], typer.Option("--section", help="with --study: EchoPrime report section (default Left Ventricle; 'All videos' for --pooling mean)")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="number of neighbours")] = 10,
     target: TargetOpt = "videos",
     where: Annotated[Optional[str], typer.Option(help="DuckDB filter over the catalog, e.g. \"split = 'TEST' AND ef < 40\"")] = None,
@@ -505,6 +505,7 @@ def studies(
     store: StoreOpt = None,
     encoder: EncoderOpt = "echoprime",
     mil_weights: Annotated[Optional[Path], typer.Option("--mil-weights", help="EchoPrime checkout folder or its assets/MIL_weights.csv (else $EMBEDSTORE_WEIGHTS/echoprime/)")] = None,
+    pooling: Annotated[str, typer.Option("--pooling", help="echoprime (view-weighted per report section) or mean (one vector per study, e.g. PanEcho)")] = "echoprime",
     as_json: JsonOpt = False,
 ) -> None:
     """Study vectors per report section (view-weighted, normalised sums of the videos' vectors): target studies."""
@@ -512,7 +513,7 @@ def studies(
     from embedstore.store import open_store
 
     with open_store(store) as st:
-        summary = build_study_vectors(st, encoder, mil_weights)
+        summary = build_study_vectors(st, encoder, mil_weights, pooling)
     if as_json:
         emit(summary.as_dict(), True)
         return
@@ -528,7 +529,7 @@ def predict(
     study: Annotated[str, typer.Option("--study", help="stored study id (its section vectors: `embedstore studies`)")],
     store: StoreOpt = None,
     encoder: EncoderOpt = "echoprime",
-    section: Annotated[Optional[str], typer.Option("--section", help="EchoPrime report section (default Left Ventricle)")] = None,
+    section: Annotated[Optional[str], typer.Option("--section", help="EchoPrime report section (default Left Ventricle; 'All videos' for --pooling mean)")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="neighbour studies")] = 50,
     bank: Annotated[Optional[Path], typer.Option("--bank", help="EchoPrime candidates_data folder (default: this store's own studies)")] = None,
     bank_cache: Annotated[Optional[Path], typer.Option("--bank-cache", help="folder for the one-off .npy of the bank's embeddings (default: beside them)")] = None,

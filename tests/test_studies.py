@@ -280,3 +280,27 @@ def test_page_searches_studies(study_store, tab):  # noqa: F811
         assert all("Mitral Valve · 3 videos" in c and "study " in c for c in cards)
         assert f"study {study}" not in " ".join(c.split("\n")[0] for c in cards)
         assert f"study {study} · Mitral Valve" in tab.js("document.querySelector('#summary').innerText")
+
+
+def test_mean_pooling_one_vector_per_study(tmp_path):
+    """PanEcho-style: the normalised mean of a study's video vectors, views not needed; search and predict
+    default to the "All videos" section."""
+    panecho = {**PROV, "encoder": "panecho"}
+    with open_store(tmp_path / "s", create=True) as st:
+        st.add_videos([{"video_id": "a", "study_id": "S1", "ef": 50.0}, {"video_id": "b", "study_id": "S1", "ef": 60.0},
+                       {"video_id": "c", "study_id": "S2", "ef": 30.0}, {"video_id": "d", "study_id": "S3", "ef": 70.0}])
+        st.add_vectors(panecho, list("abcd"), np.stack([unit(1), unit(0, 1), unit(1, 0.8), unit(0, 0, 1)]))
+        with pytest.raises(BadInput, match="goes with EchoPrime's view-weighted pooling"):
+            build_study_vectors(st, "panecho", tmp_path / "x.csv", pooling="mean")
+        summary = build_study_vectors(st, "panecho", pooling="mean")
+        ids, vectors = st.all_vectors("panecho", "studies")
+    assert summary.added == 3 and ids == ["S1/All videos", "S2/All videos", "S3/All videos"]
+    np.testing.assert_allclose(vectors[0][:3], [1 / math.sqrt(2), 1 / math.sqrt(2), 0], atol=1e-6)
+    with open_store(tmp_path / "s", read_only=True) as st:
+        build_index(st, "panecho", "studies", progress=False)
+        out = predict(st, "S1", encoder="panecho", k=1)
+    # S1 = (1, 1, 0)/sqrt2: S2 (1, 0.8) at 0.994 beats S3 (0, 0, 1) at 0
+    assert out["section"] == "All videos" and [n["study_id"] for n in out["neighbours"]] == ["S2"]
+    assert out["predictions"]["ef"]["mean"] == 30.0
+    found = cli_json("search", "--store", tmp_path / "s", "-e", "panecho", "--target", "studies", "--study", "S1", "-k", "2")
+    assert [h["metadata"]["study_id"] for h in found["hits"]] == ["S2", "S3"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from embedstore.errors import BadInput, NotFound
-from embedstore.index.studies import SEPARATOR, section_of, study_vector
+from embedstore.index.studies import SEPARATOR, default_section, section_of, study_vector
 from embedstore.store import Store
 
 K = 50
@@ -180,7 +180,7 @@ def predict(store: Store, study_id: str, encoder: str = "echoprime", section: st
         raise BadInput(f"k must be at least 1, got {k}")
     if phenotypes is not None and bank is None:
         raise BadInput("--phenotypes maps the candidate bank's labels to sections; it goes with --bank")
-    section = section_of(section or "Left Ventricle")
+    section = section_of(section) if section else default_section(store, encoder, study_id)
     query = study_vector(store, encoder, study_id, section)[0]
     out = {"study_id": study_id, "section": section, "encoder": encoder, "k": k}
     if bank is not None:

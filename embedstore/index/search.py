@@ -235,14 +235,15 @@ class Searcher:
 
     def search_study(self, study_id: str, section: str | None = None, k: int = 10, where: str | None = None,
                      same_patient: bool = False) -> SearchResult:
-        """Studies nearest to a stored study in one report section (default Left Ventricle): that section's
+        """Studies nearest to a stored study in one report section (default Left Ventricle, or "All videos" for a
+        study pooled by mean): that section's
         vectors only, the study itself left out (the `studies` target, index/studies.py)."""
-        from embedstore.index.studies import item_id, section_of
+        from embedstore.index.studies import default_section, item_id, section_of
 
         if self.target != "studies":
             raise BadInput(f"a study query searches the studies target, not {self.target}; use --target studies")
         start = time.perf_counter()
-        section = section_of(section or "Left Ventricle")
+        section = section_of(section) if section else default_section(self.store, self.encoder, study_id)
         key = item_id(study_id, section)
         row = self._row_of_id.get(key)
         if row is None:

@@ -1,5 +1,7 @@
 """Study vectors, EchoPrime-style: per study and report section, the L2-normalised view-weighted sum of
-the study's video vectors, stored as the `studies` target (item id `<study_id>/<section>`).
+the study's video vectors, stored as the `studies` target (item id `<study_id>/<section>`). With
+pooling "mean" (PanEcho: videos averaged per study; any encoder) one vector per study instead, the
+normalised mean of its videos' vectors, under the pseudo-section "All videos" (no views needed).
 
 The weights are the 15 sections x 11 views table `assets/MIL_weights.csv` of the user's EchoPrime
 checkout (not shipped: academic licence). A video needs a view (`embedstore views`); videos without
@@ -26,6 +28,8 @@ from embedstore.store import Store
 SECTIONS = ("Left Ventricle", "Resting Segmental Wall Motion Analysis", "Right Ventricle", "Left Atrium",
             "Right Atrium", "Atrial Septum", "Mitral Valve", "Aortic Valve", "Tricuspid Valve", "Pulmonic Valve",
             "Pericardium", "Aorta", "IVC", "Pulmonary Artery", "Pulmonary Veins")
+ALL_VIDEOS = "All videos"  # the one section of pooling "mean"
+POOLINGS = ("echoprime", "mean")
 MIL_FILE = "MIL_weights.csv"
 SEPARATOR = "/"
 
@@ -92,18 +96,26 @@ class StudySummary:
                 "left_out": self.left_out, "mil_weights": self.mil_weights}
 
 
-def build_study_vectors(store: Store, encoder: str = "echoprime", mil_weights: str | Path | None = None) -> StudySummary:
-    """Write the `studies` vectors of every study whose videos have `encoder` vectors and views; studies
-    already done are kept (as every vector set, items are added once)."""
-    path = find_mil_weights(mil_weights)
-    weights = load_mil_weights(path)
+def build_study_vectors(store: Store, encoder: str = "echoprime", mil_weights: str | Path | None = None,
+                        pooling: str = "echoprime") -> StudySummary:
+    """Write the `studies` vectors of every study whose videos have `encoder` vectors (and, for EchoPrime's
+    pooling, views); studies already done are kept (as every vector set, items are added once)."""
+    if pooling not in POOLINGS:
+        raise BadInput(f"study pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if pooling == "mean" and mil_weights is not None:
+        raise BadInput("--mil-weights goes with EchoPrime's view-weighted pooling, not with --pooling mean")
+    path = find_mil_weights(mil_weights) if pooling == "echoprime" else None
+    weights = load_mil_weights(path) if path else None
     info = store.encoder_info(encoder)
-    summary = StudySummary(encoder, mil_weights=path.name)
+    summary = StudySummary(encoder, mil_weights=path.name if path else "none (mean of the videos)")
     members: dict[str, list[tuple[str, str]]] = defaultdict(list)
     patients: dict[str, str | None] = {}
     left_out: Counter = Counter()
     for video_id, study_id, patient_id, view in store.catalog.study_videos(encoder):
-        if view is None:
+        if weights is None:
+            members[study_id].append((video_id, view))
+            patients[study_id] = patient_id
+        elif view is None:
             left_out["no view (run `embedstore views`)"] += 1
         elif view not in VIEWS:
             left_out[f"view {view!r} is not one of EchoPrime's 11"] += 1
@@ -119,7 +131,9 @@ def build_study_vectors(store: Store, encoder: str = "echoprime", mil_weights: s
     ids, vectors, rows = [], [], []
     for study_id, videos in sorted(members.items()):
         stacked = store.get_vectors(encoder, [v for v, _ in videos])
-        for section, vector in section_vectors(stacked, [view for _, view in videos], weights).items():
+        pooled = (section_vectors(stacked, [view for _, view in videos], weights) if weights is not None
+                  else {ALL_VIDEOS: stacked.mean(axis=0) / np.linalg.norm(stacked.mean(axis=0))})
+        for section, vector in pooled.items():
             key = item_id(study_id, section)
             ids.append(key)
             vectors.append(vector)
@@ -128,7 +142,7 @@ def build_study_vectors(store: Store, encoder: str = "echoprime", mil_weights: s
     summary.studies = len(members)
     done = store.catalog.embedded_ids(encoder, "studies")
     summary.already = sum(1 for i in ids if i in done)
-    with store.run("studies", {"encoder": encoder, "mil_weights": path.name}) as run, store.writer(prov, "studies", run) as write:
+    with store.run("studies", {"encoder": encoder, "pooling": pooling, "mil_weights": summary.mil_weights}) as run, store.writer(prov, "studies", run) as write:
         with store.catalog.transaction():
             store.catalog.add_study_sections(rows)
         write(ids, np.stack(vectors))
@@ -137,11 +151,17 @@ def build_study_vectors(store: Store, encoder: str = "echoprime", mil_weights: s
 
 
 def section_of(section: str) -> str:
-    """The section name as EchoPrime spells it (case-insensitive match), or a one-line BadInput listing them."""
-    for name in SECTIONS:
+    """The section name as EchoPrime spells it, or "All videos" (case-insensitive), or a one-line BadInput."""
+    for name in (*SECTIONS, ALL_VIDEOS):
         if name.lower() == section.strip().lower():
             return name
-    raise BadInput(f"unknown section {section!r}; EchoPrime's sections: {', '.join(SECTIONS)}")
+    raise BadInput(f"unknown section {section!r}; EchoPrime's sections: {', '.join(SECTIONS)}; or {ALL_VIDEOS!r}")
+
+
+def default_section(store: Store, encoder: str, study_id: str) -> str:
+    """Left Ventricle where the study has it, else "All videos" (a store built with pooling mean)."""
+    has_lv = store.catalog.rows_for(encoder, "studies", [item_id(study_id, SECTIONS[0])])
+    return SECTIONS[0] if has_lv or not store.catalog.rows_for(encoder, "studies", [item_id(study_id, ALL_VIDEOS)]) else ALL_VIDEOS
 
 
 def study_vector(store: Store, encoder: str, study_id: str, section: str) -> np.ndarray:
