@@ -208,6 +208,7 @@ def test_predict_against_the_bank_hand_computed(tmp_path):
     # query e0: cosines C0 1, C1 0.995, C5 0.894, C2 0.707, C3 0, C4 -1 -> top 3 = C0, C1, C5
     assert [n["study_id"] for n in out["neighbours"]] == ["C0", "C1", "C5"]
     assert out["neighbours"][1]["score"] == pytest.approx(1 / math.sqrt(1.01), abs=1e-6)
+    assert out["neighbours"][1]["labels"] == {"EF": None, "MR_severe": 0.0}  # NaN is reported as no value
     assert out["predictions"]["EF"]["mean"] == pytest.approx((60 + 45) / 2) and out["predictions"]["EF"]["n"] == 2
     assert out["predictions"]["MR_severe"]["mean"] == pytest.approx(1 / 3)  # a fraction for a 0/1 label
     assert (bank / "candidate_embeddings.npy").is_file()

@@ -163,9 +163,12 @@ def read_phenotype_sections(path: str | Path) -> dict[str, str]:
 def _bank_neighbours(candidates: CandidateBank, query: np.ndarray, k: int, names: list[str]) -> list[dict]:
     scores, rows = top_k(candidates.matrix, query, k)
     studies = [candidates.studies[r] for r in rows]
-    return [{"study_id": s, "score": float(score),
-             "labels": {n: candidates.labels[n][s] for n in names if s in candidates.labels[n]}}
-            for s, score in zip(studies, scores.tolist())]
+    out = []
+    for s, score in zip(studies, scores.tolist()):
+        held = {n: candidates.labels[n][s] for n in names if s in candidates.labels[n]}
+        labels = {n: None if math.isnan(v) else v for n, v in held.items()}  # NaN = no value; None is valid JSON
+        out.append({"study_id": s, "score": float(score), "labels": labels})
+    return out
 
 
 def predict(store: Store, study_id: str, encoder: str = "echoprime", section: str | None = None, k: int = K,
