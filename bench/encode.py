@@ -1,6 +1,6 @@
 """Encoder throughput: the whole `encode` pipeline vs the bare model forward, side by side.
 
-    .venv/bin/python bench/encode.py [--encoders r3d,r3d-v0,videomae,echoclip] [--videos 16] [--frames 64]
+    .venv/bin/python bench/encode.py [--encoders r3d,r3d-v0,videomae,echoclip,echoprime,panecho] [--videos 16] [--frames 64]
     .venv/bin/python bench/encode.py --device cuda --videos 64     # on a GPU (bench/gpu_smoke.py runs it)
 
 Pipeline = read + decode + prepare (threads running ahead) + model + HDF5/DuckDB write, through
@@ -27,7 +27,7 @@ from embedstore.encoders import get_encoder
 from embedstore.store import open_store
 from embedstore.video.read import read_video
 
-HEAVY = {"videomae": 4, "echoclip": 4, "echoclip-r": 4}  # videos for the slow models on a CPU
+HEAVY = {"videomae": 4, "echoclip": 4, "echoclip-r": 4, "echoprime": 4, "panecho": 4}  # videos for the slow models on a CPU
 
 
 def bare(enc, paths: list[Path], batch_size: int) -> float:

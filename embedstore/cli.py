@@ -134,9 +134,9 @@ def encoders(as_json: JsonOpt = False) -> None:
         emit(rows, True)
         return
     for r in rows:
-        typer.echo(f"{r['name']:<11} dim {r['dim']:<4} {'+'.join(sorted(r['modalities'])):<10} weights: {r['weights']}")
-        typer.echo(f"{'':<11} input: {json.dumps(r['spec'], sort_keys=True)}")
-        typer.echo(f"{'':<11} licence: {r['licence']}")
+        typer.echo(f"{r['name']:<14} dim {r['dim']:<4} {'+'.join(sorted(r['modalities'])):<10} weights: {r['weights']}")
+        typer.echo(f"{'':<14} input: {json.dumps(r['spec'], sort_keys=True)}")
+        typer.echo(f"{'':<14} licence: {r['licence']}")
 
 
 @command()
@@ -181,7 +181,7 @@ def encode(
         typer.echo(f"  failed: {f['error']}")
 
 
-TargetOpt = Annotated[str, typer.Option("--target", help="videos, or reports (video->report retrieval)")]
+TargetOpt = Annotated[str, typer.Option("--target", help="videos, reports (video->report retrieval), or studies (EchoPrime section vectors, `embedstore studies`)")]
 
 
 @command("index")
@@ -219,6 +219,8 @@ def search_cmd(
     text: Annotated[Optional[str], typer.Option("--text", help="query text (text encoders)")] = None,
     report: Annotated[Optional[str], typer.Option("--report", help="report text or stored report id (text encoders)")] = None,
     vector: Annotated[Optional[Path], typer.Option("--vector", help=".npy file holding one query vector")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="query by a stored study id (target studies)")] = None,
+    section: Annotated[Optional[str], typer.Option("--section", help="with --study: EchoPrime report section (default Left Ventricle; 'All videos' for --pooling mean)")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="number of neighbours")] = 10,
     target: TargetOpt = "videos",
     where: Annotated[Optional[str], typer.Option(help="DuckDB filter over the catalog, e.g. \"split = 'TEST' AND ef < 40\"")] = None,
@@ -233,7 +235,7 @@ def search_cmd(
     with open_store(store, read_only=True) as st:
         result = Searcher(st, encoder, target).search(
             video=video, id=id_, text=text, report=report, vector=read_vector_file(vector) if vector else None,
-            k=k, where=where, exclude_self=exclude_self, same_patient=same_patient)
+            study=study, section=section, k=k, where=where, exclude_self=exclude_self, same_patient=same_patient)
     if result.provenance["random_init"]:
         typer.echo(f"WARNING: {encoder} vectors are random-init: neighbours reflect pixels, not learned meaning", err=True)
     if as_json:
@@ -243,20 +245,26 @@ def search_cmd(
 
 
 def _print_hits(result, target: str) -> None:
-    if target == "reports":
+    if target == "studies":
+        typer.echo(f"{'rank':>4}  {'study':<22} {'score':>7}  {'patient':<12} {'videos':>6}  section")
+        for h in result.hits:
+            m = h.metadata
+            typer.echo(f"{h.rank:>4}  {m['study_id'] or '-':<22} {h.score:>7.4f}  {m['patient_id'] or '-':<12} "
+                       f"{m['n_videos'] or 0:>6}  {m['section']}")
+    elif target == "reports":
         typer.echo(f"{'rank':>4}  {'id':<22} {'score':>7}  {'patient':<12} {'study':<16} text")
         for h in result.hits:
             m = h.metadata
             typer.echo(f"{h.rank:>4}  {h.id:<22} {h.score:>7.4f}  {m['patient_id'] or '-':<12} {m['study_id'] or '-':<16} "
                        f"{(m['text'] or '')[:60]}")
     else:
-        typer.echo(f"{'rank':>4}  {'id':<22} {'score':>7}  {'patient':<12} {'EF':>5}  {'split':<5}  path")
+        typer.echo(f"{'rank':>4}  {'id':<22} {'score':>7}  {'patient':<12} {'EF':>5}  {'split':<5}  {'view':<9}  path")
         for h in result.hits:
             m = h.metadata
             ef = f"{m['ef']:.1f}" if m.get("ef") is not None else "-"
             count = f"  [{h.count} near]" if h.count is not None else ""
             typer.echo(f"{h.rank:>4}  {h.id:<22} {h.score:>7.4f}  {m['patient_id'] or '-':<12} {ef:>5}  "
-                       f"{m['split'] or '-':<5}  {m['source_path'] or '-'}{count}")
+                       f"{m['split'] or '-':<5}  {m.get('view') or '-':<9}  {m['source_path'] or '-'}{count}")
     if result.filtered_out:
         typer.echo(f"filter removed {result.filtered_out} of {result.provenance['index']['n']} {target}")
     est = result.ef_estimate
@@ -379,6 +387,7 @@ def export_cmd(
     split: Annotated[Optional[str], typer.Option("--split", help="keep these splits, e.g. TRAIN,VAL")] = None,
     target: TargetOpt = "videos",
     source_data: Annotated[Optional[str], typer.Option("--source-data", help="echonet, phantom or own (default: the release's, else echonet when ids look like EchoNet FileNames, else own)")] = None,
+    accept_licence: Annotated[Optional[str], typer.Option("--accept-licence", help="who accepted the encoder's no-redistribution licence, and on what grounds (recorded in the bundle)")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -388,7 +397,7 @@ def export_cmd(
 
     with open_store(store, read_only=True) as st:
         manifest = run_export(st, encoder, out, fmt=fmt, splits=split.split(",") if split else None, target=target,
-                              source=source_data, progress=not quiet)
+                              source=source_data, progress=not quiet, accept_licence=accept_licence)
     if as_json:
         emit(manifest, True)
         return
@@ -547,3 +556,88 @@ def split_cmd(
         return
     typer.echo(f"split set for {summary['rows']} videos ({summary['changed']} changed): "
                + ", ".join(f"{k} {v}" for k, v in sorted(summary["by_split"].items())))
+@command()
+def views(
+    store: StoreOpt = None,
+    classifier: Annotated[str, typer.Option("--classifier", help="view classifier: echoprime (11 views)")] = "echoprime",
+    model_data: Annotated[Optional[Path], typer.Option("--model-data", help="EchoPrime model_data folder or classifier file (else $EMBEDSTORE_WEIGHTS/echoprime/)")] = None,
+    random_init: RandomOpt = False,
+    all_videos: Annotated[bool, typer.Option("--all", help="classify videos that already have a view again")] = False,
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="videos per model call"),
+    workers: int = typer.Option(2, min=1, help="decode threads running ahead of the model"),
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Classify each video's view (videos.view, videos.view_confidence); then --where "view = 'A4C'" filters by it."""
+    from embedstore.encoders.views import classify_store
+    from embedstore.store import open_store
+
+    with open_store(store) as st:
+        summary = classify_store(st, classifier, model_data=model_data, random_init=random_init, device=device,
+                                 batch_size=batch_size, workers=workers, all_videos=all_videos, progress=not quiet)
+    if as_json:
+        emit(summary.as_dict(), True)
+        return
+    typer.echo(f"classified {summary.classified} videos ({classifier}), failed {len(summary.failed)}: "
+               + (", ".join(f"{k} {v}" for k, v in summary.counts.items()) or "none"))
+    for failure in summary.failed:
+        typer.echo(f"  failed: {failure['item']}: {failure['error']}")
+
+
+@command()
+def studies(
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "echoprime",
+    mil_weights: Annotated[Optional[Path], typer.Option("--mil-weights", help="EchoPrime checkout folder or its assets/MIL_weights.csv (else $EMBEDSTORE_WEIGHTS/echoprime/)")] = None,
+    pooling: Annotated[str, typer.Option("--pooling", help="echoprime (view-weighted per report section) or mean (one vector per study, e.g. PanEcho)")] = "echoprime",
+    as_json: JsonOpt = False,
+) -> None:
+    """Study vectors per report section (view-weighted, normalised sums of the videos' vectors): target studies."""
+    from embedstore.index.studies import build_study_vectors
+    from embedstore.store import open_store
+
+    with open_store(store) as st:
+        summary = build_study_vectors(st, encoder, mil_weights, pooling)
+    if as_json:
+        emit(summary.as_dict(), True)
+        return
+    typer.echo(f"{summary.studies} studies: added {summary.added} {encoder} section vectors, {summary.already} already there"
+               f" (weights {summary.mil_weights})")
+    for reason, n in summary.left_out.items():
+        typer.echo(f"  left out {n} videos: {reason}")
+    typer.echo(f"  index them: embedstore index --store {store or '$EMBEDSTORE_HOME'} --encoder {encoder} --target studies")
+
+
+@command()
+def predict(
+    study: Annotated[str, typer.Option("--study", help="stored study id (its section vectors: `embedstore studies`)")],
+    store: StoreOpt = None,
+    encoder: EncoderOpt = "echoprime",
+    section: Annotated[Optional[str], typer.Option("--section", help="EchoPrime report section (default Left Ventricle; 'All videos' for --pooling mean)")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="neighbour studies")] = 50,
+    bank: Annotated[Optional[Path], typer.Option("--bank", help="EchoPrime candidates_data folder (default: this store's own studies)")] = None,
+    bank_cache: Annotated[Optional[Path], typer.Option("--bank-cache", help="folder for the one-off .npy of the bank's embeddings (default: beside them)")] = None,
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="label to predict (repeatable; default all)")] = None,
+    phenotypes: Annotated[Optional[Path], typer.Option("--phenotypes", help="with --bank: EchoPrime's assets/section_to_phenotypes.pkl, each label from its own section's neighbours")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict a study's labels from its k nearest studies: nan-mean per label, the neighbours, an interval."""
+    from embedstore.index.predict import predict as run_predict
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        out = run_predict(st, study, encoder, section, k, bank=bank, labels=label or None, cache=bank_cache,
+                          phenotypes=phenotypes)
+    if as_json:
+        emit(out, True)
+        return
+    typer.echo(f"study {out['study_id']} ({out['section']}), {len(out['neighbours'])} neighbours from the {out['source']}:")
+    for name, p in out["predictions"].items():
+        typer.echo(f"  {name}: {p['mean']:.3f} (n={p['n']}, 95% of neighbours {p['interval'][0]:.3f}-{p['interval'][1]:.3f}"
+                   f"{', section ' + p['section'] if 'section' in p else ''})" if p else f"  {name}: - (no neighbour has this label)")
+    for nb in out["neighbours"][:10]:
+        values = ", ".join(f"{n} {v:.3g}" for n, v in nb["labels"].items() if v is not None)
+        typer.echo(f"    {nb['study_id']:<24} {nb['score']:.4f}  {values}")
+    if len(out["neighbours"]) > 10:
+        typer.echo(f"    ... {len(out['neighbours']) - 10} more (--json lists all)")

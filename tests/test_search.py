@@ -259,7 +259,7 @@ def test_cli_index_search_similar(phantom_store):
                               "--where", "split = 'TRAIN'"])
     assert out.exit_code == 0, out.output
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["rank", "id", "score", "patient", "EF", "split", "path"]
+    assert lines[0].split() == ["rank", "id", "score", "patient", "EF", "split", "view", "path"]
     assert len(lines) == 1 + 4 + 2 and lines[-1].startswith("neighbour EF estimate:")
     assert "random-init" in out.stderr
     out = runner.invoke(app, ["search", "--store", store, "-e", "r3d", "--id", first["video_id"], "--json", "--same-patient"])

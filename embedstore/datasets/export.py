@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 import embedstore
 from embedstore.datasets.ingest import sha256_file
-from embedstore.encoders.weights import WEIGHTS
+from embedstore.encoders.weights import NO_REDISTRIBUTION, WEIGHTS
 from embedstore.errors import BadInput, NotFound
 from embedstore.progress import bar
 from embedstore.store import Store
@@ -106,8 +106,13 @@ def licence_info(weights: str, source: str, citation: str) -> dict:
 
 # -- export ----------------------------------------------------------------------------------------------
 def export(store: Store, encoder: str, out: str | Path, fmt: str = "hdf5", splits: list[str] | None = None,
-           target: str = "videos", source: str | None = None, progress: bool = True) -> dict:
-    """Write a bundle of one vector set into the new folder `out` (built aside, then moved in); returns the manifest."""
+           target: str = "videos", source: str | None = None, progress: bool = True,
+           accept_licence: str | None = None) -> dict:
+    """Write a bundle of one vector set into the new folder `out` (built aside, then moved in); returns the manifest.
+
+    Vectors of an encoder whose licence forbids redistribution (weights.NO_REDISTRIBUTION) are refused
+    unless `accept_licence` says who accepted the terms (and on what grounds); the manifest and the card
+    record it."""
     if fmt not in WRITERS:
         raise BadInput(f"format must be one of {', '.join(WRITERS)}, got {fmt!r}")
     if target not in SCHEMAS:
@@ -121,6 +126,7 @@ def export(store: Store, encoder: str, out: str | Path, fmt: str = "hdf5", split
     store.check(encoder, target)
     rows, table = _catalog_table(store, encoder, target, splits)
     manifest = _manifest(store, info, target, fmt, out.name, table, source)
+    gate_licence(info, manifest["licence"], accept_licence)
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -203,6 +209,19 @@ def _licence(store: Store, info: dict, table: pa.Table, source: str | None) -> d
     ids = table.column(0).to_pylist()
     guess = "echonet" if all(ECHONET_ID.fullmatch(i or "") for i in ids) else "own"
     return licence_info(weights, source or guess, CITATIONS.get(info["name"], f"cite the paper of encoder {info['name']}"))
+
+
+def gate_licence(info: dict, licence: dict, accepted_by: str | None) -> None:
+    """Refuse trained vectors of a no-redistribution encoder unless someone accepted its terms; record who."""
+    if info["name"] not in NO_REDISTRIBUTION or info["weights_sha256"] == RANDOM_INIT:
+        return
+    if not accepted_by or not accepted_by.strip():
+        raise BadInput(
+            f"{info['name']} vectors may not be redistributed under its licence ({licence['weights']}); export only with"
+            " the authors' permission, and say who accepted the terms with --accept-licence \"NAME: grounds\""
+        )
+    licence["accepted"] = {"by": " ".join(accepted_by.split()), "terms": licence["weights"],
+                           "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 # -- writers and readers, one pair per format ------------------------------------------------------------
@@ -342,6 +361,10 @@ def data_card(manifest: dict) -> str:
     warnings = [RANDOM_WARNING] if prov["weights_sha256"] == RANDOM_INIT else []
     if licence["source"] == "echonet":
         warnings.append(ECHONET_NOTICE)
+    if licence.get("accepted"):
+        accepted = licence["accepted"]
+        warnings.append(f"NOTICE: the {prov['encoder']} licence forbids redistribution ({accepted['terms']}). "
+                        f"Exported on {accepted['at']} under the acceptance of: {accepted['by']}.")
     fields = {
         "name": manifest["name"], "n_vectors": manifest["count"], "dim": manifest["dim"], "encoder": prov["encoder"],
         "warnings": "\n\n".join(warnings), "item": target[:-1], "id_description": ID_DESCRIPTIONS[target],

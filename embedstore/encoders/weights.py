@@ -19,6 +19,10 @@ from embedstore.errors import WeightsNotFound
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _R3D_RAW = "https://media.githubusercontent.com/media/Team-Echo-MIT/r3d-v0-embeddings/main"
+_ECHOPRIME_FETCH = ("download model_data.zip of release v1.0.0 from https://github.com/echonet/EchoPrime/releases"
+                    " and unzip it into $EMBEDSTORE_WEIGHTS/echoprime/ (weights/ inside it), or pass its folder")
+_ECHOPRIME_LICENCE = ("EchoPrime (echonet/EchoPrime): Cedars-Sinai academic licence, research use only; no"
+                      " redistribution of the weights, candidate files or derived embeddings")
 KINETICS_FETCH = "python -c \"import torchvision; torchvision.models.video.r3d_18(weights='KINETICS400_V1')\""
 
 
@@ -38,6 +42,11 @@ class NamedWeights:
     torch_hub_file: str | None = None
     fetch: str = ""
     licence: str = ""
+    folder: str = ""  # the folder under $EMBEDSTORE_WEIGHTS when it is not the encoder's name (a shared model_data)
+
+    @property
+    def dirname(self) -> str:
+        return self.folder or self.encoder
 
     @property
     def is_folder(self) -> bool:
@@ -91,8 +100,38 @@ WEIGHTS: dict[str, NamedWeights] = {
             licence="EchoCLIP-R (echonet/echo_CLIP): academic, non-commercial licence; the template vocabulary"
             " is not shipped (load it from your own copy); no redistribution of weights or derived embeddings",
         ),
+        NamedWeights(
+            "echoprime",
+            files=("weights/echo_prime_encoder.pt", "echo_prime_encoder.pt"),
+            fetch=_ECHOPRIME_FETCH,
+            licence=_ECHOPRIME_LICENCE,
+        ),
+        NamedWeights(
+            "echoprime-text",
+            files=("weights/echo_prime_text_encoder.pt", "echo_prime_text_encoder.pt"),
+            fetch=_ECHOPRIME_FETCH,
+            licence=_ECHOPRIME_LICENCE,
+            folder="echoprime",
+        ),
+        NamedWeights(
+            "echoprime-views",  # the view classifier (not an encoder): found in the same model_data folder
+            files=("weights/view_classifier.pt", "view_classifier.pt", "weights/view_classifier.ckpt", "view_classifier.ckpt"),
+            fetch=_ECHOPRIME_FETCH,
+            licence=_ECHOPRIME_LICENCE,
+            folder="echoprime",
+        ),
+        NamedWeights(
+            "panecho",
+            files=("panecho.pt",),
+            fetch="curl -L --create-dirs -o $EMBEDSTORE_WEIGHTS/panecho/panecho.pt"
+            " https://github.com/gholste/PanEcho/releases/download/v1.0/panecho.pt",
+            licence="PanEcho (CarDS-Yale/PanEcho): weights CC BY-NC-SA 4.0, code AGPLv3; non-commercial, no"
+            " redistribution of the weights; derived embeddings share alike under CC BY-NC-SA 4.0",
+        ),
     )
 }
+# Licences whose terms forbid passing the weights' vectors on without the authors' permission (export's gate).
+NO_REDISTRIBUTION = frozenset({"echoclip", "echoclip-r", "echoprime", "echoprime-text", "panecho"})
 
 
 @dataclass(frozen=True)
@@ -125,8 +164,8 @@ def find(encoder: str) -> Resolved | None:
     """The checkpoint the default resolution would use (steps 2-3), or None; never raises for absence."""
     entry = WEIGHTS[encoder]
     root = weights_dir()
-    if root is not None and (root / encoder).is_dir():
-        found = _in_folder(entry, root / encoder)
+    if root is not None and (root / entry.dirname).is_dir():
+        found = _in_folder(entry, root / entry.dirname)
         if found is not None:
             return Resolved(*found, "EMBEDSTORE_WEIGHTS")
     if entry.torch_hub_file:
@@ -192,7 +231,7 @@ def _expected(entry: NamedWeights) -> str:
 
 def _not_found_message(entry: NamedWeights) -> str:
     root = weights_dir()
-    places = [f"{root / entry.encoder}/" if root else f"$EMBEDSTORE_WEIGHTS/{entry.encoder}/ (EMBEDSTORE_WEIGHTS is unset)"]
+    places = [f"{root / entry.dirname}/" if root else f"$EMBEDSTORE_WEIGHTS/{entry.dirname}/ (EMBEDSTORE_WEIGHTS is unset)"]
     if entry.torch_hub_file:
         places.append(str(torch_hub_checkpoints() / entry.torch_hub_file))
     if entry.hf_repo:

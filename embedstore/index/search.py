@@ -30,6 +30,7 @@ RANDOM_INIT = "random-init"
 META_COLUMNS = {
     "videos": ("videos", "video_id", ("patient_id", "study_id", "view", "split", "ef", "esv", "edv", "source_path")),
     "reports": ("reports", "report_id", ("patient_id", "study_id", "video_id", "text")),
+    "studies": ("study_sections", "item_id", ("patient_id", "study_id", "section", "n_videos")),
 }
 NO_ROWS = np.zeros(0, dtype=np.int64)
 FILTERS_CACHED = 32  # where-filters' allowed rows kept per Searcher (its catalog cannot change while it is open)
@@ -250,16 +251,42 @@ class Searcher:
         query = {"kind": "report", "report": report, "stored_id": report if stored else None}
         return self._search(vector, k, where, (), same_patient, query, start)
 
+    def search_study(self, study_id: str, section: str | None = None, k: int = 10, where: str | None = None,
+                     same_patient: bool = False) -> SearchResult:
+        """Studies nearest to a stored study in one report section (default Left Ventricle, or "All videos" for a
+        study pooled by mean): that section's
+        vectors only, the study itself left out (the `studies` target, index/studies.py)."""
+        from embedstore.index.studies import default_section, item_id, section_of
+
+        if self.target != "studies":
+            raise BadInput(f"a study query searches the studies target, not {self.target}; use --target studies")
+        start = time.perf_counter()
+        section = section_of(section) if section else default_section(self.store, self.encoder, study_id)
+        key = item_id(study_id, section)
+        row = self._row_of_id.get(key)
+        if row is None:
+            raise NotFound(f"no {self.encoder} study vector for study {study_id!r}, section {section!r}; check the id "
+                           f"(`embedstore studies` writes them; a section whose view weights are all zero has none)")
+        vector = self.store.vectors.read_rows(self.encoder, "studies", np.array([row]))
+        position = self.columns.index("section")
+        same_section = self.rows[np.array([m[position] == section for m in self.meta], dtype=bool)]
+        query = {"kind": "study", "study_id": study_id, "section": section}
+        return self._search(vector, k, where, (key,), same_patient, query, start, restrict=same_section)
+
     def search(self, *, video=None, id: str | None = None, text: str | None = None, report: str | None = None,
-               vector=None, k: int = 10, where: str | None = None, exclude_self: bool = True,
-               same_patient: bool = False) -> SearchResult:
-        """Exactly one of video, id, text, report, vector: the entry point of the CLI and the REST service."""
-        given = {name: value for name, value in
-                 {"video": video, "id": id, "text": text, "report": report, "vector": vector}.items() if value is not None}
+               vector=None, study: str | None = None, section: str | None = None, k: int = 10,
+               where: str | None = None, exclude_self: bool = True, same_patient: bool = False) -> SearchResult:
+        """Exactly one of video, id, text, report, vector, study: the entry point of the CLI and the REST service."""
+        given = {name: value for name, value in {"video": video, "id": id, "text": text, "report": report,
+                                                 "vector": vector, "study": study}.items() if value is not None}
         if len(given) != 1:
-            raise BadInput(f"give exactly one query of --video, --id, --text, --report, --vector"
+            raise BadInput(f"give exactly one query of --video, --id, --text, --report, --vector, --study"
                            f" (got {', '.join(given) or 'none'})")
+        if section is not None and study is None:
+            raise BadInput("--section goes with --study (the studies target)")
         common = {"k": k, "where": where, "same_patient": same_patient}
+        if study is not None:
+            return self.search_study(study, section, **common)
         if id is not None:
             return self.search_id(id, exclude_self=exclude_self, **common)
         method = {"video": self.search_video, "text": self.search_text, "report": self.search_report,
@@ -338,7 +365,7 @@ class Searcher:
         else:
             exclude = np.asarray(exclude, dtype=np.int64).reshape(n_queries)
         extra = 0 if exclude is None else 1
-        allowed = None if where is None else allowed_rows(self.store, self.encoder, self.target, where)
+        allowed = None if where is None else self.allowed(where)
         filtered_out = 0 if allowed is None else self.size - len(allowed)
         if n_queries == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), filtered_out
@@ -392,10 +419,12 @@ class Searcher:
             raise BadInput(f"k={k} is larger than the store: it holds {self.size} {self.encoder} {self.target}")
 
     def _search(self, vector: np.ndarray, k: int, where: str | None, exclude_ids, same_patient: bool,
-                query: dict, start: float) -> SearchResult:
+                query: dict, start: float, restrict: np.ndarray | None = None) -> SearchResult:
         self._check_k(k)
         exclude = self._rows_of(exclude_ids)
         allowed = None if where is None else self.allowed(where)
+        if restrict is not None:  # rows a query kind itself limits to (a study's section)
+            allowed = restrict if allowed is None else np.intersect1d(allowed, restrict)
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
         else:

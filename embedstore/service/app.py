@@ -30,7 +30,8 @@ import embedstore
 from embedstore import config
 from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.service.schemas import (
-    BatchSearchRequest, BatchSearchResponse, Encoders, ErrorResponse, Health, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest,
+    BatchSearchRequest, BatchSearchResponse, Encoders, ErrorResponse, Health, PredictRequest, SearchOptions, SearchRequest,
+    SearchResponse, SimilarityRequest,
     SimilarityResponse, UploadSimilarityForm, VideoRecord, View,
 )
 from embedstore.service.settings import Settings
@@ -154,6 +155,11 @@ async def audit(state: State, encoder: str, threshold: float | None = None, k: i
     return json_response(await state.call(state.audit, encoder, threshold, k, lane="media"))
 
 
+async def predict(body: PredictRequest, state: State) -> dict:
+    """Labels of a stored study from its nearest studies (nan-mean, neighbours, interval), as `embedstore predict`."""
+    return await state.call(state.predict, body)
+
+
 async def view(encoder: str, state: State, method: Literal["umap", "pca"] = "umap") -> View:
     """2-D coordinates of an encoder's videos with ids and labels, when the view has been computed."""
     return View(**await state.call(state.view, encoder, method))
@@ -182,6 +188,8 @@ def add_api_routes(app: FastAPI, settings: Settings) -> None:
     route("/similarity/videos", similarity_videos, ["POST"], openapi_extra=multipart_body(UploadSimilarityForm, ("a", "b")))
     route("/views/{encoder}", view, ["GET"])
     route("/audit", audit, ["GET"])
+    route("/predict", predict, ["POST"])
+
 
 
 BEARER = HTTPBearer(auto_error=False, description="the server's EMBEDSTORE_API_TOKEN")

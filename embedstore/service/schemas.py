@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Target = Literal["videos", "reports"]
+Target = Literal["videos", "reports", "studies"]
 MAX_DIM = 16_384  # longer than any encoder's output: refused by the schema, before any parsing work
 MAX_TEXT = 10_000
 
@@ -65,7 +65,7 @@ class VideoRecord(BaseModel):
 
 
 # -- search --------------------------------------------------------------------------------------
-QUERY_KINDS = ("video_id", "vector", "text", "report")
+QUERY_KINDS = ("video_id", "vector", "text", "report", "study_id")
 
 
 def _one_query_kind(schema: dict) -> None:
@@ -74,11 +74,12 @@ def _one_query_kind(schema: dict) -> None:
         branch = next(b for b in prop.pop("anyOf") if b.get("type") != "null")
         prop.update(branch)
         prop.pop("default", None)
-    schema["oneOf"] = [{"required": [kind]} for kind in QUERY_KINDS]
+    schema["oneOf"] = [{"required": [kind]} if kind == "study_id" else {"required": [kind], "not": {"required": ["section"]}}
+                       for kind in QUERY_KINDS]  # a section goes with a study only
 
 
 class Query(Strict):
-    """Exactly one of video_id, vector, text, report."""
+    """Exactly one of video_id, vector, text, report, study_id (a section only with study_id)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_one_query_kind)
 
@@ -87,19 +88,24 @@ class Query(Strict):
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT, description="free text (text encoders)")
     report: str | None = Field(None, min_length=1, max_length=MAX_TEXT,
                                description="a stored report id, or report text (text encoders)")
+    study_id: str | None = Field(None, min_length=1, max_length=512, description="a stored study (target studies)")
+    section: str | None = Field(None, min_length=1, max_length=128,
+                                description="with study_id: the EchoPrime report section (default Left Ventricle)")
 
     @model_validator(mode="before")
     @classmethod
     def no_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict) and any(data.get(kind, "") is None for kind in QUERY_KINDS):
+        if isinstance(data, dict) and any(data.get(kind, "") is None for kind in (*QUERY_KINDS, "section")):
             raise ValueError(f"give the query as one of {', '.join(QUERY_KINDS)} with a value, not null")
         return data
 
     @model_validator(mode="after")
     def one_query(self) -> "Query":
-        given = [name for name in ("video_id", "vector", "text", "report") if getattr(self, name) is not None]
+        given = [name for name in QUERY_KINDS if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of video_id, vector, text, report (got {', '.join(given) or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(QUERY_KINDS)} (got {', '.join(given) or 'none'})")
+        if self.section is not None and self.study_id is None:
+            raise ValueError("section goes with study_id only")
         return self
 
 
@@ -217,3 +223,11 @@ class BatchSearchRequest(Strict):
 class BatchSearchResponse(BaseModel):
     searches: list[SearchResponse] = Field(description="one per query, in the order given")
 
+class PredictRequest(Strict):
+    """Prediction by retrieval over this store's own study vectors (`embedstore predict` without --bank)."""
+
+    encoder: str = Field("echoprime", min_length=1, max_length=128)
+    study_id: str = Field(min_length=1, max_length=512)
+    section: str | None = Field(None, min_length=1, max_length=128, description="EchoPrime report section (default Left Ventricle)")
+    k: int = Field(50, ge=1, description="neighbour studies; the service's max_k bounds it (400 above)")
+    labels: list[str] | None = Field(None, max_length=3, description="of ef, esv, edv (default all)")

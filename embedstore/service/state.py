@@ -408,7 +408,8 @@ class ServiceState:
     def search(self, request: SearchRequest) -> dict:
         q = request.query
         result = self.searcher(request.encoder, request.target).search(
-            id=q.video_id, vector=q.vector, text=q.text, report=q.report, k=self.check_k(request.k),
+            id=q.video_id, vector=q.vector, text=q.text, report=q.report, study=q.study_id, section=q.section,
+            k=self.check_k(request.k),
             where=request.where, exclude_self=request.exclude_self, same_patient=request.same_patient)
         return self.public_result(result.to_dict())
 
@@ -422,6 +423,13 @@ class ServiceState:
             vectors=q.vectors, ids=q.video_ids, k=self.check_k(request.k), where=request.where,
             exclude_self=request.exclude_self)
         return {"searches": [SearchResponse.body(r.to_dict()) for r in results]}
+
+    def predict(self, request) -> dict:
+        """`embedstore predict` over this store's own study vectors (a bank path is not taken from callers)."""
+        from embedstore.index.predict import predict
+
+        return predict(self.store, request.study_id, request.encoder, request.section, self.check_k(request.k),
+                       labels=request.labels)
 
     def search_upload(self, options: SearchOptions, upload: Upload) -> dict:
         """Like `embedstore search --video`: a file already in the store answers with its stored vector."""

@@ -385,6 +385,59 @@ class Catalog:
         return int(changed)
 
 
+    # -- views (EchoPrime view classifier) -----------------------------------------------------
+    def videos_to_classify(self, all_videos: bool = False) -> list[tuple[str, str]]:
+        """(video_id, source_path) of videos with a file and (unless `all_videos`) no view yet."""
+        return [(r[0], r[1]) for r in self.query(
+            "SELECT video_id, source_path FROM videos WHERE source_path IS NOT NULL"
+            + ("" if all_videos else " AND view IS NULL") + " ORDER BY video_id")]
+
+    def set_views(self, rows: list[tuple[str, str, float]]) -> int:
+        """Write (video_id, view, confidence) rows in one transaction; adds videos.view_confidence once."""
+        import pyarrow as pa
+
+        if not rows:
+            return 0
+        table = pa.table({"video_id": [r[0] for r in rows], "view": [r[1] for r in rows],
+                          "confidence": pa.array([float(r[2]) for r in rows], pa.float64())})
+        with self.transaction():
+            self.con.execute("ALTER TABLE videos ADD COLUMN IF NOT EXISTS view_confidence DOUBLE")
+            self.con.register("_bulk_views", table)
+            try:
+                self.con.execute("UPDATE videos SET view = b.view, view_confidence = b.confidence "
+                                 "FROM _bulk_views b WHERE videos.video_id = b.video_id")
+            finally:
+                self.con.unregister("_bulk_views")
+        return len(rows)
+
+    # -- study vectors (EchoPrime sections) ----------------------------------------------------
+    def study_videos(self, encoder: str) -> list[tuple[str, str, str | None, str | None]]:
+        """(video_id, study_id, patient_id, view) of every video in a study with an `encoder` video vector."""
+        return self.query(
+            "SELECT v.video_id, v.study_id, v.patient_id, v.view FROM videos v JOIN embeddings e ON e.item_id = v.video_id "
+            "WHERE e.encoder = ? AND e.target = 'videos' AND v.study_id IS NOT NULL ORDER BY v.study_id, v.video_id",
+            [encoder])
+
+    def add_study_sections(self, rows: list[dict]) -> None:
+        """Rows of study_sections (item_id = study_id/section): what a `studies` vector stands for."""
+        self.con.execute("CREATE TABLE IF NOT EXISTS study_sections (item_id VARCHAR PRIMARY KEY, study_id VARCHAR, "
+                         "section VARCHAR, patient_id VARCHAR, n_videos INTEGER)")
+        if rows:
+            cols = ("item_id", "study_id", "section", "patient_id", "n_videos")
+            self._insert("study_sections", {c: [r[c] for r in rows] for c in cols}, ignore=True)
+
+    def study_labels(self, columns: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """Per study, the mean of each label column over its videos (NULLs left out; absent when all NULL)."""
+        allowed = {"ef", "esv", "edv"}
+        if not set(columns) <= allowed:
+            raise BadInput(f"study labels come from {', '.join(sorted(allowed))}; got {', '.join(columns)}")
+        select = ", ".join(f"avg({c})" for c in columns)
+        out: dict[str, dict[str, float]] = {}
+        for row in self.query(f"SELECT study_id, {select} FROM videos WHERE study_id IS NOT NULL GROUP BY study_id"):
+            out[row[0]] = {c: float(v) for c, v in zip(columns, row[1:]) if v is not None}
+        return out
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -29,8 +29,10 @@ COLUMNS = {
     "videos": ("video_id", "patient_id", "study_id", "acquired_at", "view", "split", "n_frames", "fps", "height",
                "width", "format", "ef", "esv", "edv", "added_at"),
     "reports": ("report_id", "study_id", "video_id", "patient_id", "text"),
+    "studies": ("item_id", "study_id", "section", "patient_id", "n_videos"),
 }
-KEYS = {"videos": "video_id", "reports": "report_id"}
+KEYS = {"videos": "video_id", "reports": "report_id", "studies": "item_id"}
+TABLES = {"videos": "videos", "reports": "reports", "studies": "study_sections"}  # target -> catalog table
 NODE_CLASSES = frozenset({"COLUMN_REF", "CONSTANT", "COMPARISON", "CONJUNCTION", "OPERATOR", "FUNCTION", "CAST",
                           "TYPE", "CASE", "BETWEEN"})
 FUNCTIONS = frozenset({
@@ -159,7 +161,7 @@ def allowed_rows(catalog: Catalog, encoder: str, target: str, where: str,
     key = KEYS[target]
     with catalog.con.cursor() as cursor, deadline(cursor, timeout_s, f"--where {where!r}"):
         try:
-            items = cursor.table(target).select(*COLUMNS[target]).filter(checked.expression).select(key)
+            items = cursor.table(TABLES[target]).select(*COLUMNS[target]).filter(checked.expression).select(key)
             embedded = cursor.table("embeddings").filter(
                 (column("encoder") == const(encoder)) & (column("target") == const(target)))
             rows = embedded.join(items, column("item_id") == column(key), how="semi").select('"row"').fetchnumpy()["row"]

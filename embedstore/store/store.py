@@ -24,7 +24,7 @@ from embedstore.store.catalog import Catalog
 from embedstore.store.vectors import VectorFile
 from embedstore.video.deid import SALT_ENV
 
-TARGETS = ("videos", "reports")
+TARGETS = ("videos", "reports", "studies")  # studies: EchoPrime section vectors (index/studies.py)
 SALT_FILE = "salt.key"  # the pseudonym key, beside the catalog but never inside it (user filters read the catalog)
 SALT_FILE_ENV = "EMBEDSTORE_SALT_FILE"  # or a key file kept elsewhere, e.g. off the machine that holds the store
 

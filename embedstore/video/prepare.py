@@ -39,8 +39,10 @@ def zoom_center(frames: np.ndarray, keep: float = 0.8) -> np.ndarray:
     return frames[:, dh : h - dh, dw : w - dw]
 
 
-def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear"):
-    """uint8 [T, H, W, 3] -> float32 tensor [T, 3, h, w] on 0-255, resized with torch."""
+def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear", antialias: bool = True):
+    """uint8 [T, H, W, 3] -> float32 tensor [T, 3, h, w] on 0-255, resized with torch.
+
+    antialias=False with mode bicubic is OpenCV's INTER_CUBIC (a = -0.75), which EchoPrime uses."""
     import torch
     import torch.nn.functional as F
 
@@ -48,7 +50,7 @@ def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinea
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     if x.shape[-2:] != (h, w):
         kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        x = F.interpolate(x, size=(h, w), mode=mode, antialias=mode in ("bilinear", "bicubic"), **kwargs)
+        x = F.interpolate(x, size=(h, w), mode=mode, antialias=antialias and mode in ("bilinear", "bicubic"), **kwargs)
         x = x.clamp_(0, 255)
     return x
 
@@ -82,7 +84,8 @@ def apply_mask(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return frames * mask[None, :, :, None].astype(frames.dtype)
 
 
-def resize_uint8(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear", chunk: int = 64) -> np.ndarray:
+def resize_uint8(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear", chunk: int = 64,
+                 antialias: bool = True) -> np.ndarray:
     """uint8 [T, H, W, 3] -> uint8 numpy [T, 3, h, w], resized `chunk` frames at a time.
 
     Why: encoders' preparers run in reader workers ahead of the model; rounding back to uint8 (as
@@ -91,7 +94,7 @@ def resize_uint8(frames: np.ndarray, size: int | tuple[int, int], mode: str = "b
     """
     import torch
 
-    parts = [resize(frames[i : i + chunk], size, mode).round_().to(torch.uint8).numpy() for i in range(0, len(frames), chunk)]
+    parts = [resize(frames[i : i + chunk], size, mode, antialias).round_().to(torch.uint8).numpy() for i in range(0, len(frames), chunk)]
     return np.concatenate(parts) if parts else np.zeros((0, 3, *_hw(size)), dtype=np.uint8)
 
 

@@ -114,6 +114,9 @@ function chooseEncoder(name) {
   for (const node of [$("#text"), $("#text-button")]) node.disabled = !text;
   $("#text").placeholder = text ? "text query, e.g. \"severely reduced ejection fraction\""
                                 : `text query (not for ${name}: no text tower)`;
+  // Study search needs the encoder's `studies` index (`embedstore studies` + `index --target studies`).
+  const studies = (state.encoder.indexed || []).includes("studies");
+  for (const node of [$("#study-id"), $("#section"), $("#study-button")]) node.disabled = !studies;
   loadView(true);
   if (state.query) search(state.query);
 }
@@ -137,7 +140,8 @@ async function search(query) {
       if (where) form.append("where", where);
       response = await api("search/video", { method: "POST", body: form });
     } else {
-      const body = { encoder: state.encoder.name, k, target: "videos", query, where, exclude_self: true };
+      const target = query.study_id ? "studies" : "videos";
+      const body = { encoder: state.encoder.name, k, target, query, where, exclude_self: true };
       response = await api("search", {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
       });
@@ -161,7 +165,8 @@ function showResults(result, query) {
   $("#results").replaceChildren(...hits.map(card));
   for (const node of $("#results").querySelectorAll("img")) loadThumb(node);
 
-  const label = query.file ? `file ${query.file.name}` : query.video_id ? `video ${query.video_id}` : `“${query.text}”`;
+  const label = query.file ? `file ${query.file.name}` : query.video_id ? `video ${query.video_id}`
+    : query.study_id ? `study ${query.study_id} · ${result.query.section}` : `“${query.text}”`;
   const ef = result.ef_estimate;
   const parts = [el("span", {}, `${hits.length} neighbours of `, el("b", {}, label))];
   if (ef) parts.push(el("span", { id: "ef-estimate" }, " · EF estimate ", el("b", {}, `${fmt(ef.mean)} ± ${fmt(ef.std)} %`), ` (n=${ef.n})`));
@@ -177,15 +182,32 @@ function showResults(result, query) {
   highlight(storedId, hits);
 }
 
+function studyCard(hit) {
+  const meta = hit.metadata;
+  const node = el("button", { class: "card study", type: "button", "data-id": hit.id, title: `search from study ${meta.study_id}` },
+    el("div", { class: "meta" },
+      el("div", { class: "id" }, `#${hit.rank} study ${meta.study_id}`),
+      el("div", {}, `score ${fmt(hit.score, 3)}`),
+      el("div", {}, `patient ${meta.patient_id ?? "–"}`),
+      el("div", {}, `${meta.section} · ${meta.n_videos} videos`)));
+  node.addEventListener("click", () => {
+    $("#study-id").value = meta.study_id;
+    search({ study_id: meta.study_id, section: meta.section });
+  });
+  return node;
+}
+
 function card(hit) {
   const meta = hit.metadata || {};
+  if (meta.section !== undefined) return studyCard(hit);
   const node = el("button", { class: "card", type: "button", "data-id": hit.id, title: `search from ${hit.id}` },
     el("img", { alt: `video ${hit.id}`, "data-id": hit.id }),
     el("div", { class: "meta" },
       el("div", { class: "id" }, `#${hit.rank} ${hit.id}`),
       el("div", {}, `score ${fmt(hit.score, 3)}`),
       el("div", {}, `patient ${meta.patient_id ?? "–"}`),
-      el("div", {}, `EF ${fmt(meta.ef)} · ${meta.split ?? "–"}`)));
+      el("div", {}, `EF ${fmt(meta.ef)} · ${meta.split ?? "–"}`),
+      el("div", { class: "view" }, `view ${meta.view ?? "–"}`)));
   node.addEventListener("click", () => {
     $("#video-id").value = hit.id;
     search({ video_id: hit.id });
@@ -506,6 +528,11 @@ function bindControls() {
     e.preventDefault();
     const id = $("#video-id").value.trim();
     if (id) search({ video_id: id });
+  });
+  $("#by-study").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const study = $("#study-id").value.trim(), section = $("#section").value.trim();
+    if (study) search(section ? { study_id: study, section } : { study_id: study });
   });
   $("#by-text").addEventListener("submit", (e) => {
     e.preventDefault();
