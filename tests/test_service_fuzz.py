@@ -18,7 +18,8 @@ from embedstore.service.settings import Settings
 from tests.test_index import PROV, make_store
 
 OPERATIONS = ["GET /health", "GET /encoders", "GET /videos/{video_id}", "GET /videos/{video_id}/thumbnail", "POST /search",
-              "POST /search/video", "POST /similarity", "POST /similarity/videos", "GET /views/{encoder}"]
+              "POST /search/video", "POST /similarity", "POST /similarity/videos", "GET /views/{encoder}",
+              "POST /search/batch", "GET /audit", "POST /predict"]
 load_all_checks()
 CHECKS = REGISTRY.get_all()
 # A valid request may still be refused for what no schema can say: a vector of another dimension, a filter that
@@ -52,7 +53,7 @@ def test_every_route_is_fuzzed(api_schema):
 # Listed rather than taken from the schema: schemathesis's lazy pytest loader does not run under pytest 9.
 # Invalid requests exist only where a route takes a body or a typed parameter.
 TAKES_INPUT = ["GET /videos/{video_id}/thumbnail", "POST /search", "POST /search/video", "POST /similarity",
-               "POST /similarity/videos", "GET /views/{encoder}"]
+               "POST /similarity/videos", "GET /views/{encoder}", "POST /search/batch", "GET /audit", "POST /predict"]
 
 
 @pytest.mark.parametrize("operation, mode", [*((o, GenerationMode.POSITIVE) for o in OPERATIONS),
