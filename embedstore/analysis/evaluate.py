@@ -30,7 +30,8 @@ from typing import Callable
 import numpy as np
 
 from embedstore.analysis import metrics as M
-from embedstore.analysis.views import RANDOM_INIT, video_labels
+from embedstore.analysis.views import video_labels
+from embedstore.encoders.provenance import RANDOM_INIT
 from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.store import Store
 
@@ -162,16 +163,19 @@ def ef_probe(d: Data) -> dict:
     probe.fit(d.vectors[train], y[train])
     score = probe.predict_proba(d.vectors)[:, list(probe.classes_).index(True)]
     if _both_classes(y[val]):
-        threshold, rule = M.youden_threshold(y[val], score[val]), "Youden's J on VAL"
+        threshold, rule = M.accuracy_threshold(y[val], score[val]), "maximum accuracy on VAL (R3D paper)"
+        youden = M.youden_threshold(y[val], score[val])
     else:
-        threshold, rule = 0.5, "0.5 (VAL lacks one class)"
+        threshold, rule, youden = 0.5, "0.5 (VAL lacks one class)", 0.5
     yt, st = y[test], score[test]
+    at_youden = M.classification_metrics(yt, st, youden)
     groups, n_groups = M.score_groups(st)
     return {"n": int(test.sum()), "metrics": M.classification_metrics(yt, st, threshold),
             "ci95": {"auc": d.ci(lambda i: M.grouped_auc(groups, n_groups, yt, np.bincount(i, minlength=len(yt))), len(yt)),
                      "auprc": d.ci(lambda i: M.auprc(yt[i], st[i]), len(yt))},
             "details": {"model": f"StandardScaler + LogisticRegression(C={PROBE_C}) on TRAIN", "threshold": threshold,
-                        "threshold_rule": rule, "n_train": int(train.sum()), "n_val": int(val.sum()),
+                        "threshold_rule": rule, "youden_threshold": youden,
+                        "at_youden_threshold": {k: at_youden[k] for k in ("accuracy", "recall", "specificity", "f1")}, "n_train": int(train.sum()), "n_val": int(val.sum()),
                         "test_positives": int(yt.sum())}}
 
 

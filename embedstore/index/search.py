@@ -8,7 +8,6 @@ also keeps writers out for the Searcher's lifetime, so the loaded index cannot g
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,6 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters
 from embedstore.index.filters import allowed_rows
@@ -24,7 +24,6 @@ from embedstore.store import Store, normalise
 from embedstore.store.store import TARGETS
 from embedstore.video.read import Video, read_video
 
-RANDOM_INIT = "random-init"
 META_COLUMNS = {
     "videos": ("videos", "video_id", ("patient_id", "study_id", "view", "split", "ef", "esv", "edv", "source_path")),
     "reports": ("reports", "report_id", ("patient_id", "study_id", "video_id", "text")),
@@ -78,23 +77,8 @@ class QueryEncoder:
 
     @cached_property
     def model(self):
-        from embedstore.encoders import get_encoder
-
-        info = self.info
-        random_init = info["weights_sha256"] == RANDOM_INIT
-        weights = info["weights"] if not random_init and Path(info["weights"]).exists() else None
-        model = get_encoder(self.name, weights=weights, random_init=random_init, **_recorded_options(info["preprocessing"]))
-        prov = json.loads(json.dumps(model.provenance(), default=str))
-        if prov["weights_sha256"] != info["weights_sha256"] or int(prov["dim"]) != int(info["dim"]):
-            raise Conflict(f"query encoder {self.name} has weights {prov['weights_sha256'][:12]} (dim {prov['dim']}) but the "
-                           f"store's vectors come from {info['weights_sha256'][:12]} (dim {info['dim']}); "
-                           f"point $EMBEDSTORE_WEIGHTS at the weights the store was encoded with")
-        differ = sorted(k for k in set(prov["preprocessing"]) | set(info["preprocessing"])
-                        if prov["preprocessing"].get(k) != info["preprocessing"].get(k))
-        if differ:
-            raise Conflict(f"query encoder {self.name} prepares videos differently from the store's vectors "
-                           f"({', '.join(differ)}); queries would not be comparable")
-        if random_init:
+        model = rebuild(self.info)
+        if is_random(self.info):
             self._check_reproduces(model)
         return model
 
@@ -144,11 +128,6 @@ class QueryEncoder:
         if not text or not text.strip():
             raise BadInput("the query text is empty")
         return self.model.embed_texts([text])
-
-
-def _recorded_options(preprocessing: dict) -> dict:
-    """Constructor options recorded in a preprocessing spec: videomae's token pooling ('max' or 'mean')."""
-    return {"pooling": preprocessing["pooling"]} if preprocessing.get("pooling") in ("max", "mean") else {}
 
 
 def read_vector_file(path: str | Path) -> np.ndarray:
