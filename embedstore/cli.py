@@ -259,7 +259,10 @@ def _print_hits(result, target: str) -> None:
     if result.filtered_out:
         typer.echo(f"filter removed {result.filtered_out} of {result.provenance['index']['n']} {target}")
     est = result.ef_estimate
-    typer.echo(f"neighbour EF estimate: {est['mean']:.1f} ± {est['std']:.1f} (n={est['n']})" if est
+    if result.query.get("note"):
+        typer.echo(result.query["note"])
+    typer.echo(f"neighbour EF estimate: {est['mean']:.1f} ± {est['std']:.1f} ({est['n']} labelled of the "
+               f"{est['k']} nearest videos; left out {est['left_out']})" if est
                else "neighbour EF estimate: - (no EF labels among the neighbours)")
 
 

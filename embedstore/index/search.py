@@ -30,6 +30,7 @@ META_COLUMNS = {
 }
 NO_ROWS = np.zeros(0, dtype=np.int64)
 EXACT_SUBSET_MAX = 8192  # a filter leaving at most this many rows is answered by exact search over them
+EF_ESTIMATE_K = 50  # neighbours behind the label estimate, whatever k shows (EchoPrime's k)
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
 
 
@@ -185,7 +186,8 @@ class Searcher:
         else:
             vector = self.store.vectors.read_rows(self.encoder, "videos", np.array([row]))
         exclude = (video_id,) if exclude_self and self.target == "videos" else ()
-        return self._search(vector, k, where, exclude, same_patient, {"kind": "id", "id": video_id}, start)
+        return self._search(vector, k, where, exclude, same_patient, {"kind": "id", "id": video_id}, start,
+                            query_id=video_id)
 
     def search_video(self, video: str | Path | Video, k: int = 10, where: str | None = None,
                      same_patient: bool = False) -> SearchResult:
@@ -194,7 +196,7 @@ class Searcher:
         vector, stored = self.query_encoder.video_vector(video)
         path = video.path if isinstance(video, Video) else video
         query = {"kind": "video", "path": str(path) if path else None, "stored_id": stored}
-        return self._search(vector, k, where, (), same_patient, query, start)
+        return self._search(vector, k, where, (), same_patient, query, start, query_id=stored)
 
     def search_text(self, text: str, k: int = 10, where: str | None = None, same_patient: bool = False) -> SearchResult:
         """Neighbours of a free text (text encoders: echoclip, echoclip-r)."""
@@ -238,13 +240,12 @@ class Searcher:
         return normalise(arr, self.dim, "query vector")
 
     def _check_k(self, k: int) -> None:
+        """k <= 0 is an error; a k above what the store or filter leaves returns what exists (the result says so)."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
             raise BadInput(f"k must be a positive integer, got {k!r}")
-        if k > self.size:
-            raise BadInput(f"k={k} is larger than the store: it holds {self.size} {self.encoder} {self.target}")
 
     def _search(self, vector: np.ndarray, k: int, where: str | None, exclude_ids, same_patient: bool,
-                query: dict, start: float) -> SearchResult:
+                query: dict, start: float, query_id: str | None = None) -> SearchResult:
         self._check_k(k)
         exclude = self._rows_of(exclude_ids)
         allowed = None if where is None else allowed_rows(self.store, self.encoder, self.target, where)
@@ -254,11 +255,48 @@ class Searcher:
             scores, rows = self._neighbours(vector, k, allowed, exclude)
             counts = None
         hits = self._hits(scores, rows, counts)
+        query = {**query, "k": k, "where": where, "target": self.target, "same_patient": same_patient,
+                 "returned": len(hits)}
+        if len(hits) < k:
+            query["note"] = (f"k={k} but only {len(hits)} {self.target} {'pass the filter' if where else 'exist'}"
+                             f"{' (patients)' if same_patient else ''}; returned them all")
         return SearchResult(
             hits=hits, filtered_out=0 if allowed is None else self.size - len(allowed), provenance=self.provenance,
-            took_ms=round((time.perf_counter() - start) * 1000, 3), ef_estimate=_ef_estimate(hits),
-            query={**query, "k": k, "where": where, "target": self.target, "same_patient": same_patient},
+            took_ms=round((time.perf_counter() - start) * 1000, 3),
+            ef_estimate=self._ef_estimate(vector, allowed, query_id), query=query,
         )
+
+    def _ef_estimate(self, vector: np.ndarray, allowed: np.ndarray | None, query_id: str | None) -> dict | None:
+        """Mean and SD of the EF of the EF_ESTIMATE_K nearest videos, the query's own video and (when known) its
+        patient's videos left out, so a stored query never votes for itself; None without labels."""
+        if self.target != "videos":
+            return None
+        own = self._row_of_id.get(query_id) if query_id is not None else None
+        left_out, exclude = "nothing (the query is not a stored video)", NO_ROWS
+        if own is not None:
+            patient = self.meta[int(self._positions(np.array([own]))[0])][0]
+            if patient is not None:
+                exclude = self._rows_by_patient[patient]
+                left_out = "the query's video and its patient's other videos"
+            else:
+                exclude, left_out = np.array([own], dtype=np.int64), "the query's video"
+        _, rows = self._neighbours(vector, EF_ESTIMATE_K, allowed, exclude)
+        ef = self.columns.index("ef")
+        values = [float(v) for p in self._positions(rows).tolist() if (v := self.meta[p][ef]) is not None]
+        if not values:
+            return None
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values), "k": EF_ESTIMATE_K, "left_out": left_out}
+
+    @cached_property
+    def _rows_by_patient(self) -> dict[str, np.ndarray]:
+        """patient -> sorted rows of its videos (from the metadata in memory)."""
+        groups: dict[str, list[int]] = {}
+        for row, meta in zip(self.rows.tolist(), self.meta):
+            if meta[0] is not None:
+                groups.setdefault(meta[0], []).append(row)
+        return {p: np.array(r, dtype=np.int64) for p, r in groups.items()}
 
     def _rows_of(self, ids) -> np.ndarray:
         """Rows of the given ids of this vector set (ids it does not hold are ignored), from the map in memory."""
@@ -373,13 +411,3 @@ def _provenance(info: dict, sidecar: dict) -> dict:
         "created_at": str(info.get("created_at")), "random_init": info["weights_sha256"] == RANDOM_INIT,
         "index": {k: sidecar.get(k) for k in ("factory", "n", "recall_at_10", "search_params", "fingerprint", "created")},
     }
-
-
-def _ef_estimate(hits: list[Hit]) -> dict | None:
-    """Mean and spread (population SD) of the neighbours' EF labels, EchoPrime-style; None without labels."""
-    values = [float(h.metadata["ef"]) for h in hits if h.metadata.get("ef") is not None]
-    if not values:
-        return None
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values)}
