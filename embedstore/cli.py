@@ -81,7 +81,7 @@ def ingest(
         emit(summary.as_dict(), True)
         return
     typer.echo(f"added {summary.added}, unchanged {summary.unchanged}, labelled {summary.labelled}, "
-               f"reports {summary.reports}, skipped {len(summary.skipped)}")
+               f"reports {summary.reports}, traced {summary.traced}, skipped {len(summary.skipped)}")
     for item, reason in summary.skipped:
         typer.echo(f"  skipped: {reason if item in reason else f'{item}: {reason}'}")
 

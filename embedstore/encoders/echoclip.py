@@ -209,12 +209,27 @@ def ef_prompts() -> tuple[list[str], np.ndarray]:
     return prompts, np.array([v for _ in EF_PROMPTS for v in range(101)], dtype=np.float32)
 
 
-def zero_shot_ef(encoder: Encoder, videos: list[Video], start: int = 0, stop: int = 40, stride: int = 2) -> np.ndarray:
-    """Zero-shot EF (%) per video, as the EchoCLIP authors: per frame rank all 202 prompts by cosine
-    similarity, average the ranked values over frames, keep the top 20% ranks, take their median."""
+def zero_shot_binary(encoder: Encoder, videos: list[Video], prompts: list[str], start: int = 0, stop: int = 40,
+                     stride: int = 2) -> np.ndarray:
+    """Binary zero-shot score per video, as the EchoCLIP authors: the mean over prompts and frames of the
+    cosine similarity between each frame and each prompt (higher: the finding is more likely)."""
+    if not prompts:
+        raise BadInput("zero-shot binary scoring needs at least one prompt")
+    text = encoder.embed_texts(list(prompts))
+    return np.array([float((frame_embeddings(encoder, v, start, stop, stride) @ text.T).mean()) for v in videos],
+                    dtype=np.float32)
+
+
+def zero_shot_ef(encoder: Encoder, videos: list[Video], start: int = 0, stop: int = 40, stride: int = 2,
+                 prompts: list[str] | None = None, values: np.ndarray | None = None) -> np.ndarray:
+    """Zero-shot EF (%) per video, as the EchoCLIP authors: per frame rank all prompts (default the 202 EF
+    prompts; EchoCLIP-R: sampled report texts, with their EF as `values`) by cosine similarity, average the
+    ranked values over frames, keep the top 20% ranks, take their median."""
     import torch
 
-    prompts, values = ef_prompts()
+    if prompts is None:
+        prompts, values = ef_prompts()
+    values = np.asarray(values, dtype=np.float32)
     text = torch.from_numpy(encoder.embed_texts(prompts))
     values_t = torch.from_numpy(values)
     top = int(len(prompts) * 0.2)
