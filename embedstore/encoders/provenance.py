@@ -17,7 +17,8 @@ from pathlib import Path
 from embedstore.errors import Conflict
 
 RANDOM_INIT = "random-init"
-# Spec keys that say in words how frames are prepared; a changed wording (an old store) only warns.
+# Spec keys that may say in words how frames are prepared; a changed wording (an old store) only warns,
+# a changed number (videomae's 16 frames) is a conflict.
 DESCRIPTIVE = frozenset({"resize", "crop", "frames", "colour", "tokens", "layout", "tokenizer"})
 # Never compared: how the run went, not what the vectors are.
 NOT_COMPARED = frozenset({"options", "numerics", "precision"})
@@ -98,7 +99,8 @@ def check_compatible(stored: dict, new: dict, what: str = "these vectors") -> li
                        f"at the weights the store was encoded with, or use another store")
     old_spec, new_spec = stored.get("preprocessing") or {}, new.get("preprocessing") or {}
     shared = (set(old_spec) & set(new_spec)) - NOT_COMPARED
-    differ = sorted(k for k in shared - DESCRIPTIVE if old_spec[k] != new_spec[k])
+    wording = {k for k in shared & DESCRIPTIVE if isinstance(old_spec[k], str) and isinstance(new_spec[k], str)}
+    differ = sorted(k for k in shared - wording if old_spec[k] != new_spec[k])
     old_opts, new_opts = old_spec.get("options") or {}, new_spec.get("options") or {}
     differ += sorted(f"option {k}" for k in (set(old_opts) & set(new_opts)) - NO_EFFECT - {"vocab", "precision"}
                      if old_opts[k] != new_opts[k])
@@ -108,7 +110,7 @@ def check_compatible(stored: dict, new: dict, what: str = "these vectors") -> li
         raise Conflict(f"{what} prepares inputs differently from the store's {name} vectors ({', '.join(differ)}: "
                        f"{'; '.join(_change(old_spec, new_spec, k) for k in differ[:2])}); vectors would not be comparable")
     warnings = [f"{name}: preparation wording changed since the store was written ({k})"
-                for k in sorted(shared & DESCRIPTIVE) if old_spec[k] != new_spec[k]]
+                for k in sorted(wording) if old_spec[k] != new_spec[k]]
     old_p, new_p = old_spec.get("precision"), new_spec.get("precision")
     if old_p and new_p and old_p != new_p:
         warnings.append(f"{name}: the store's vectors were computed at {old_p}, these at {new_p} "
