@@ -116,7 +116,12 @@ def test_probe_matches_sklearn_on_the_same_predictions(report, truth):
     def youden(c: float) -> float:  # sensitivity + specificity - 1 on VAL, positive when score >= c
         return (score[val & y] >= c).mean() - (score[val & ~y] >= c).mean()
 
-    assert youden(t) == pytest.approx(max(youden(c) for c in score[val]), abs=1e-12)
+    def accuracy(c: float) -> float:  # the R3D paper's rule: VAL accuracy, positive when score >= c
+        return ((score[val] >= c) == y[val]).mean()
+
+    assert accuracy(t) == pytest.approx(max(accuracy(c) for c in score[val]), abs=1e-12)
+    yt = task["details"]["youden_threshold"]
+    assert youden(yt) == pytest.approx(max(youden(c) for c in score[val]), abs=1e-12)
     pred = score[test] >= t
     expected = {"auc": roc_auc_score(y[test], score[test]), "auprc": average_precision_score(y[test], score[test]),
                 "accuracy": accuracy_score(y[test], pred), "f1": f1_score(y[test], pred),

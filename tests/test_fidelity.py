@@ -306,3 +306,28 @@ def test_search_estimate_leaves_out_the_query_patient_and_k_past_the_store(tmp_p
     assert result.ef_estimate["std"] == round(float(np.std(efs)), 2) and result.ef_estimate["k"] == 50
     assert len(Searcher(store, "toy").search_id("v00004", k=3).hits) == 3  # the estimate's k is its own
     store.close()
+
+
+def test_echoclip_r_zero_shot_prompts_are_sampled_reports_per_ef_value(tmp_path):
+    """FACTS.md: for EchoCLIP-R, about 10 sampled report texts per EF value are the prompts. 12 non-TEST videos
+    at EF 40.2 (-> 40) with a report each give 10 of them; 2 TEST videos at EF 40 give none (no leak); a
+    study report whose videos are at EF 60 and 62 takes their mean, 61."""
+    from embedstore.analysis.evaluate import load_data, report_prompts
+
+    videos = [{"video_id": f"a{i:02d}", "ef": 40.2, "split": "TRAIN" if i % 2 else "VAL"} for i in range(12)]
+    videos += [{"video_id": f"t{i}", "ef": 40.0, "split": "TEST"} for i in range(2)]
+    videos += [{"video_id": f"s{i}", "ef": 60.0 + 2 * i, "split": "VAL", "study_id": "S"} for i in range(2)]
+    reports = [{"report_id": f"r-{v['video_id']}", "video_id": v["video_id"], "text": f"text {v['video_id']}"}
+               for v in videos if v["video_id"][0] in "at"]
+    reports.append({"report_id": "r-S", "study_id": "S", "text": "study text"})
+    prov = {"encoder": "toy", "dim": 2, "weights": "random-init", "weights_sha256": "random-init",
+            "preprocessing": {}, "package_version": "test", "modalities": ["text", "video"]}
+    with open_store(tmp_path / "s", create=True) as store:
+        store.add_videos(videos)
+        store.add_reports(reports)
+        store.add_vectors(prov, [v["video_id"] for v in videos], np.ones((len(videos), 2)))
+        data, _ = load_data(store, "toy", 0, 0)
+        prompts, values = report_prompts(data)
+    assert values.tolist() == [40.0] * 10 + [61.0]
+    assert prompts[-1] == "study text" and len(set(prompts[:10])) == 10
+    assert all(p.startswith("text a") for p in prompts[:10])

@@ -67,10 +67,12 @@ def _legacy_options(name: str, spec: dict) -> dict:
     return options
 
 
-def rebuild(info: dict, device: str = "auto", **overrides):
+def rebuild(info: dict, device: str = "auto", cls: type | None = None, **overrides):
     """The encoder that made a stored set, rebuilt from its provenance and checked against it (Conflict otherwise).
 
     Weights: the recorded path when it still exists, else the default lookup (the sha256 must match).
+    `cls`: the Encoder class to build (default: the registered one of that name; the Ray engine passes
+    the driver's own class).
     """
     from embedstore.encoders import get_encoder
 
@@ -82,7 +84,10 @@ def rebuild(info: dict, device: str = "auto", **overrides):
     vocab = options.get("vocab")
     if vocab is not None and not Path(vocab).is_file():
         options["vocab"] = None  # moved: fall back to $EMBEDSTORE_ECHOCLIP_R_VOCAB / the weights folder (sha256 checked)
-    model = get_encoder(info["name"], weights=weights, random_init=random_init, device=device, **options)
+    if cls is None:
+        model = get_encoder(info["name"], weights=weights, random_init=random_init, device=device, **options)
+    else:
+        model = cls(weights=weights, random_init=random_init, device=device, **options)
     check_compatible(info, model.provenance(), what=f"query encoder {info['name']}")
     return model
 

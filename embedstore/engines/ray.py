@@ -49,14 +49,15 @@ class EncoderRecipe:
     """How an actor rebuilds the driver's encoder: its provenance (picklable; the model is never shipped),
     rebuilt and checked like a query encoder, at the driver's precision whatever the actor's device."""
 
+    cls: type[Encoder]
     provenance: dict
 
     @classmethod
     def of(cls, encoder: Encoder) -> "EncoderRecipe":
-        return cls(encoder.provenance())
+        return cls(type(encoder), encoder.provenance())
 
     def build(self, device: str) -> Encoder:
-        return rebuild(self.provenance, device=device)
+        return rebuild(self.provenance, device=device, cls=self.cls)
 
 
 # -- shard files ------------------------------------------------------------------------------------

@@ -258,8 +258,9 @@ class Searcher:
         query = {**query, "k": k, "where": where, "target": self.target, "same_patient": same_patient,
                  "returned": len(hits)}
         if len(hits) < k:
-            query["note"] = (f"k={k} but only {len(hits)} {self.target} {'pass the filter' if where else 'exist'}"
-                             f"{' (patients)' if same_patient else ''}; returned them all")
+            what = "patients" if same_patient else self.target
+            query["note"] = (f"k={k} but only {len(hits)} {what}{' pass the filter' if where else ''} exist"
+                             f"{' besides the query' if len(exclude) else ''}; returned them all")
         return SearchResult(
             hits=hits, filtered_out=0 if allowed is None else self.size - len(allowed), provenance=self.provenance,
             took_ms=round((time.perf_counter() - start) * 1000, 3),
