@@ -3,7 +3,6 @@ and numeric precision (device, autocast dtype, TF32, torch version) per vector s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -135,11 +135,6 @@ class R3DV0(R3D):
         return super()._load(resolved)
 
 
-def r3d_state_dict(path: Path, expected: dict) -> dict:
-    """A torchvision r3d_18 state dict from `path` (see r3d_checkpoint)."""
-    return r3d_checkpoint(path, expected)[0]
-
-
 def r3d_checkpoint(path: Path, expected: dict) -> tuple[dict, str]:
     """(torchvision r3d_18 state dict, the input scale it was trained with) from `path`; one-line BadInput otherwise.
 
