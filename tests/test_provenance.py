@@ -136,3 +136,15 @@ def test_encoders_command_shows_the_published_procedure():
     rows = {r["name"]: r for r in json.loads(CliRunner().invoke(app, ["encoders", "--json"]).stdout)}
     assert rows["r3d-v0"]["precision"] == "fp32" and rows["videomae"]["frames"].startswith("16")
     assert all({"input_scale", "frames", "resize", "precision", "weights_file"} <= set(r) for r in rows.values())
+
+
+def test_encode_cli_precision_is_recorded_and_checked(tmp_path):
+    store = str(tmp_path / "s")
+    open_store(store, create=True).close()
+    runner = CliRunner()
+    out = runner.invoke(app, ["encode", "--store", store, "--encoder", "r3d", "--random-init", "--device", "cpu",
+                              "--precision", "bf16", "--json", "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["provenance"]["preprocessing"]["precision"] == "bf16"
+    bad = runner.invoke(app, ["encode", "--store", store, "--encoder", "r3d", "--random-init", "--precision", "fp8"])
+    assert bad.exit_code == 2 and "precision must be one of" in bad.output and "Traceback" not in bad.output
