@@ -81,7 +81,7 @@ def ingest(
         emit(summary.as_dict(), True)
         return
     typer.echo(f"added {summary.added}, unchanged {summary.unchanged}, labelled {summary.labelled}, "
-               f"reports {summary.reports}, skipped {len(summary.skipped)}")
+               f"reports {summary.reports}, traced {summary.traced}, skipped {len(summary.skipped)}")
     for item, reason in summary.skipped:
         typer.echo(f"  skipped: {reason if item in reason else f'{item}: {reason}'}")
 
@@ -117,10 +117,10 @@ VocabOpt = Annotated[Optional[Path], typer.Option("--vocab", help="echoclip-r te
 
 
 def load_encoder(name: str, weights: Path | None, random_init: bool, device: str, pooling: str | None = None,
-                 vocab: Path | None = None):
+                 vocab: Path | None = None, precision: str | None = None):
     from embedstore.encoders import get_encoder
 
-    options = {k: v for k, v in {"pooling": pooling, "vocab": vocab}.items() if v is not None}
+    options = {k: v for k, v in {"pooling": pooling, "vocab": vocab, "precision": precision}.items() if v is not None}
     return get_encoder(name, weights=weights, random_init=random_init, device=device, **options)
 
 
@@ -135,6 +135,8 @@ def encoders(as_json: JsonOpt = False) -> None:
         return
     for r in rows:
         typer.echo(f"{r['name']:<14} dim {r['dim']:<4} {'+'.join(sorted(r['modalities'])):<10} weights: {r['weights']}")
+        typer.echo(f"{'':<14} looks for: {r['weights_file']}; precision: {r['precision']}")
+        typer.echo(f"{'':<14} input scale: {r['input_scale']}; frames: {r['frames']}; resize: {r['resize']}")
         typer.echo(f"{'':<14} input: {json.dumps(r['spec'], sort_keys=True)}")
         typer.echo(f"{'':<14} licence: {r['licence']}")
 
@@ -151,6 +153,7 @@ def encode(
     device: DeviceOpt = "auto",
     pooling: PoolingOpt = None,
     vocab: VocabOpt = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast); default: the encoder's (r3d-v0 fp32, others bf16 on CUDA and fp32 on CPU); recorded in provenance")] = None,
     engine: Annotated[str, typer.Option(help="local (threads on this machine) or ray (a Ray cluster, docs/scaling.md)")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="ray: auto or ray://host:port (default: $RAY_ADDRESS, else start Ray here)")] = None,
     gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0, help="ray: GPUs per encoder actor when the cluster has GPUs (0: CPU actors)")] = 1.0,
@@ -163,7 +166,7 @@ def encode(
     from embedstore.store import open_store
 
     # with ray the model runs in the actors; the driver's copy only gives provenance and the preparer
-    model = load_encoder(encoder, weights, random_init, "cpu" if engine == "ray" else device, pooling, vocab)
+    model = load_encoder(encoder, weights, random_init, "cpu" if engine == "ray" else device, pooling, vocab, precision)
     with open_store(store) as st:
         summary = encode_with(engine, st, model, batch_size=batch_size, workers=workers or None, target=target,
                               progress=not quiet, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
@@ -177,6 +180,8 @@ def encode(
     typer.echo(f"  weights: {prov['weights']} (sha256 {prov['weights_sha256'][:16]})")
     if prov["weights_sha256"] == "random-init":
         typer.echo("  WARNING: random-init weights: these vectors carry no learned meaning", err=True)
+    for warning in summary.warnings:
+        typer.echo(f"  WARNING: {warning}", err=True)
     for f in summary.failed:
         typer.echo(f"  failed: {f['error']}")
 
@@ -268,7 +273,10 @@ def _print_hits(result, target: str) -> None:
     if result.filtered_out:
         typer.echo(f"filter removed {result.filtered_out} of {result.provenance['index']['n']} {target}")
     est = result.ef_estimate
-    typer.echo(f"neighbour EF estimate: {est['mean']:.1f} ± {est['std']:.1f} (n={est['n']})" if est
+    if result.query.get("note"):
+        typer.echo(result.query["note"])
+    typer.echo(f"neighbour EF estimate: {est['mean']:.1f} ± {est['std']:.1f} ({est['n']} labelled of the "
+               f"{est['k']} nearest videos; left out {est['left_out']})" if est
                else "neighbour EF estimate: - (no EF labels among the neighbours)")
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedstore.encoders.provenance import check_compatible
 from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.progress import bar
 from embedstore.store import Store
@@ -28,6 +29,7 @@ class EncodeSummary:
     failed: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     provenance: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def per_second(self) -> float:
@@ -36,7 +38,7 @@ class EncodeSummary:
     def as_dict(self) -> dict:
         return {"encoder": self.encoder, "target": self.target, "added": self.added, "already": self.already,
                 "failed": self.failed, "seconds": round(self.seconds, 3), "per_second": round(self.per_second, 3),
-                "provenance": self.provenance}
+                "provenance": self.provenance, "warnings": self.warnings}
 
 
 def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], int]:
@@ -44,6 +46,15 @@ def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], i
     rows = store.catalog.pending_videos(encoder)
     done = len(store.catalog.embedded_ids(encoder, "videos"))
     return rows, done
+
+
+def run_args(store: Store, prov: dict, summary: EncodeSummary, **args) -> dict:
+    """The run record of an encode: its arguments and numerics (device, precision, TF32, torch); refuses vectors
+    not comparable with the set already stored under this name, and notes a precision change in summary.warnings."""
+    info = store.catalog.encoder(prov["encoder"])
+    if info is not None:
+        summary.warnings.extend(check_compatible(info, prov, what=f"encoder {prov['encoder']}"))
+    return {**args, "weights_sha256": prov["weights_sha256"], "numerics": prov["preprocessing"].get("numerics")}
 
 
 def prepare_one(item: tuple[str, str], preparer) -> tuple[str, np.ndarray | str]:
@@ -119,8 +130,8 @@ def encode_store(store: Store, encoder, batch_size: int = 8, workers: int | None
         raise BadInput(f"--batch-size must be >= 1, got {batch_size}")
     prov = encoder.provenance()
     summary = EncodeSummary(encoder.name, target, provenance=prov)
-    args = {"encoder": encoder.name, "target": target, "batch_size": batch_size, "workers": workers,
-            "weights_sha256": prov["weights_sha256"], **(command_args or {})}
+    args = run_args(store, prov, summary, encoder=encoder.name, target=target, batch_size=batch_size, workers=workers,
+                    **(command_args or {}))
     start = time.perf_counter()
     with store.run("encode", args) as run, store.writer(prov, target, run) as write:
         if target == "reports":

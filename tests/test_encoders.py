@@ -102,7 +102,7 @@ def r3d_files(tmp_path_factory) -> dict[str, Path]:
     wrapper = torch.nn.Module()
     wrapper.preloaded_model = net
     wrapper.new_layer1 = torch.nn.Linear(400, 1)
-    files = {"plain": out / "r3d_18-b3b3357e.pth", "wrapper": out / "r3d_o_sp4.pt", "nested": out / "nested.pt"}
+    files = {"plain": out / "r3d_18-b3b3357e.pth", "wrapper": out / "r3d_binary_111723.pt", "nested": out / "nested.pt"}
     torch.save(net.state_dict(), files["plain"])
     torch.save(wrapper.state_dict(), files["wrapper"])
     torch.save({"state_dict": wrapper.state_dict(), "epoch": 4}, files["nested"])
@@ -158,7 +158,9 @@ def vocab(tmp_path_factory) -> Path:
 
 def test_r3d_layouts_give_identical_vectors(r3d_files):
     videos = [video(1, frames=16), video(2, frames=16)]
-    vectors = {kind: get_encoder("r3d", weights=path).embed_videos(videos) for kind, path in r3d_files.items()}
+    # same scale for all three (a torchvision-layout file alone would be fed Kinetics mean/std)
+    vectors = {kind: get_encoder("r3d", weights=path, scale="0-255").embed_videos(videos)
+               for kind, path in r3d_files.items()}
     assert_unit_rows(vectors["plain"], 2, 400)
     np.testing.assert_allclose(vectors["wrapper"], vectors["plain"], atol=1e-5)
     np.testing.assert_allclose(vectors["nested"], vectors["plain"], atol=1e-5)
@@ -194,7 +196,7 @@ def test_r3d_presets_prepare_as_documented():
     paper = get_encoder("r3d", random_init=True)
     assert paper.preparer(v).shape == (3, 3, 112, 112) and paper.preparer(v).dtype == np.uint8  # frames 0, 4, 8
     np.testing.assert_array_equal(paper.preparer(v), v.frames[::4].transpose(3, 0, 1, 2))
-    assert paper.spec["mean"] == [0.43216, 0.394666, 0.37645] and paper.spec["std"] == [0.22803, 0.22145, 0.216989]
+    assert paper.spec["mean"] is None and paper.spec["scale"] == "0-255"  # random init: the authors' raw scale
     v0 = get_encoder("r3d-v0", random_init=True)
     np.testing.assert_array_equal(v0.preparer(v), v.frames.transpose(3, 0, 1, 2))  # every frame, raw
     assert v0.spec["mean"] is None and v0.spec["scale"] == "0-255"
@@ -247,8 +249,8 @@ def test_video_only_encoder_has_no_text_tower():
 @pytest.mark.parametrize(
     "name, expected_file, fetch",
     [
-        ("r3d", "r3d_o_sp4.pt", "curl -L"),
-        ("r3d-v0", "r3d_binary_111723.pt", "curl -L"),
+        ("r3d", "r3d_binary_111723.pt", "embedder/r3d_binary_111723.pt"),
+        ("r3d-v0", "r3d_binary_111723.pt", "embedder/r3d_binary_111723.pt"),
         ("videomae", "config.json", "hf download MCG-NJU/videomae-base --local-dir"),
         ("echoclip", "open_clip_config.json", "hf download mkaichristensen/echo-clip --local-dir"),
         ("echoclip-r", "open_clip_pytorch_model.bin", "hf download mkaichristensen/echo-clip-r --local-dir"),

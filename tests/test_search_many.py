@@ -40,7 +40,7 @@ def same(batch, loop) -> None:
         assert [h.id for h in b.hits] == [h.id for h in s.hits]
         assert [h.metadata for h in b.hits] == [h.metadata for h in s.hits]
         np.testing.assert_allclose([h.score for h in b.hits], [h.score for h in s.hits], atol=1e-5)
-        assert b.filtered_out == s.filtered_out and b.ef_estimate == s.ef_estimate
+        assert b.filtered_out == s.filtered_out and b.ef_estimate is None  # the estimate needs a wider search: search
         assert b.query == s.query
 
 

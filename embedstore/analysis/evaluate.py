@@ -14,9 +14,12 @@ Tasks (metric functions in analysis/metrics.py):
   patients / same patient (same study, other study) - EchoCLIP-R's figure. Uses every video: the
   encoder was not trained here.
 - retrieval: video <-> report (reports link to videos by video_id, else by study_id): mean and median
-  rank each way, MCMRR (the mean of the two mean ranks), recall@1/5/10; every video and report.
+  rank each way, MCMRR (the mean of the two mean ranks), recall@1/5/10, with the EchoCLIP paper's one
+  seeded random video per study; the every-video protocol beside it (`every_video_*`).
 - zero_shot_ef: echoclip / echoclip-r only, the FACTS.md procedure (encoders/echoclip.zero_shot_ef)
   on the TEST videos whose files exist: MAE, and AUC for EF < 50% with the predicted EF as score.
+  EchoCLIP uses the 202 short EF prompts; EchoCLIP-R, as its paper, up to 10 sampled report texts
+  (labelled non-TEST videos, seeded) per EF value; `details.procedure` says which ran.
   Needs the encoder's weights (a random-init text tower predicts noise: skipped unless a model is given).
 Splits: the store's TRAIN/VAL/TEST when every video has one, else a seeded 70/15/15 split by patient.
 Intervals: percentile bootstrap (seeded) over TEST videos, or over pairs for same-patient AUC.
@@ -30,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from embedstore.analysis import metrics as M
-from embedstore.analysis.views import RANDOM_INIT, video_labels
+from embedstore.analysis.views import video_labels
+from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.store import Store
 
@@ -44,6 +48,7 @@ KNN_K = (10, 50)
 NEIGHBOUR_K = 5
 MAX_PAIRS = 200_000
 ZERO_SHOT_ENCODERS = ("echoclip", "echoclip-r")
+REPORTS_PER_EF = 10  # EchoCLIP-R zero-shot EF: sampled report texts per EF value, as the paper
 ZERO_SHOT_BATCH = 16  # videos decoded at a time: the 202 prompts are embedded once per batch
 TITLES = {"ef_probe": "EF<50% linear probe", "ef_regression": "EF ridge regression", "knn_ef": "kNN EF estimate",
           "neighbour_ef_class": "neighbours' EF class",
@@ -162,16 +167,19 @@ def ef_probe(d: Data) -> dict:
     probe.fit(d.vectors[train], y[train])
     score = probe.predict_proba(d.vectors)[:, list(probe.classes_).index(True)]
     if _both_classes(y[val]):
-        threshold, rule = M.youden_threshold(y[val], score[val]), "Youden's J on VAL"
+        threshold, rule = M.accuracy_threshold(y[val], score[val]), "maximum accuracy on VAL (R3D paper)"
+        youden = M.youden_threshold(y[val], score[val])
     else:
-        threshold, rule = 0.5, "0.5 (VAL lacks one class)"
+        threshold, rule, youden = 0.5, "0.5 (VAL lacks one class)", 0.5
     yt, st = y[test], score[test]
+    at_youden = M.classification_metrics(yt, st, youden)
     groups, n_groups = M.score_groups(st)
     return {"n": int(test.sum()), "metrics": M.classification_metrics(yt, st, threshold),
             "ci95": {"auc": d.ci(lambda i: M.grouped_auc(groups, n_groups, yt, np.bincount(i, minlength=len(yt))), len(yt)),
                      "auprc": d.ci(lambda i: M.auprc(yt[i], st[i]), len(yt))},
             "details": {"model": f"StandardScaler + LogisticRegression(C={PROBE_C}) on TRAIN", "threshold": threshold,
-                        "threshold_rule": rule, "n_train": int(train.sum()), "n_val": int(val.sum()),
+                        "threshold_rule": rule, "youden_threshold": youden,
+                        "at_youden_threshold": {k: at_youden[k] for k in ("accuracy", "recall", "specificity", "f1")}, "n_train": int(train.sum()), "n_val": int(val.sum()),
                         "test_positives": int(yt.sum())}}
 
 
@@ -261,6 +269,9 @@ def same_patient(d: Data) -> dict:
 
 
 def retrieval(d: Data) -> dict:
+    """Video <-> report ranks, the EchoCLIP paper's protocol by default: one seeded random video per study is the
+    study's image, so each report has exactly one matching candidate. The other protocol (every video queries,
+    a report credits the best video of its study) is reported beside it, its metrics prefixed `every_video_`."""
     catalog = d.store.catalog
     if not catalog.embedding_map(d.encoder, "reports"):
         raise Skip(f"no report vectors for {d.encoder} (encode reports with a text encoder: --target reports)")
@@ -271,29 +282,52 @@ def retrieval(d: Data) -> dict:
     for k, study in enumerate(d.studies):
         if study is not None:
             by_study.setdefault(study, []).append(k)
-    videos_of = []  # per report: positions of its videos (by video_id, else by study)
+    videos_of, unit_of = [], []  # per report: positions of its videos (by video_id, else by study); its study
     for rid in report_ids:
         study, video = links.get(rid, (None, None))
         if video is not None:
             videos_of.append([position[video]] if video in position else [])
+            known = video in position and d.studies[position[video]] is not None
+            unit_of.append(d.studies[position[video]] if known else f"video:{video}")
         else:
             videos_of.append(by_study.get(study, []))
+            unit_of.append(study)
     reports = [r for r, v in enumerate(videos_of) if v]
     if not reports:
         raise Skip("no report links to a video with a vector (reports need a video_id or a study_id with videos)")
+    # the paper's protocol: one seeded random video per study (a report naming a video without a study: that video)
+    units = sorted({unit_of[r] for r in reports})
+    rng = np.random.default_rng(d.seed)
+    members = {u: sorted(by_study[u]) if u in by_study else videos_of[next(r for r in reports if unit_of[r] == u)]
+               for u in units}
+    image = np.array([members[u][int(rng.integers(len(members[u])))] for u in units])
+    unit_index = {u: i for i, u in enumerate(units)}
+    reports_of_unit = [np.array([r for r in reports if unit_of[r] == u]) for u in units]
+    v2r = M.retrieval_ranks(d.vectors[image], report_vectors, reports_of_unit)
+    r2v = M.retrieval_ranks(report_vectors[reports], d.vectors[image], [np.array([unit_index[unit_of[r]]]) for r in reports])
+    out = {f"video_to_report_{k}": v for k, v in M.rank_metrics(v2r).items()}
+    out.update({f"report_to_video_{k}": v for k, v in M.rank_metrics(r2v).items()})
+    out["mcmrr"] = (out["video_to_report_mean_rank"] + out["report_to_video_mean_rank"]) / 2
+    # the other protocol: every video queries; a report credits the best of its videos
     reports_of: dict[int, list[int]] = {}
     for r in reports:
         for v in videos_of[r]:
             reports_of.setdefault(v, []).append(r)
     videos = sorted(reports_of)
-    v2r = M.retrieval_ranks(d.vectors[videos], report_vectors, [np.array(reports_of[v]) for v in videos])
-    r2v = M.retrieval_ranks(report_vectors[reports], d.vectors, [np.array(videos_of[r]) for r in reports])
-    out = {f"video_to_report_{k}": v for k, v in M.rank_metrics(v2r).items()}
-    out.update({f"report_to_video_{k}": v for k, v in M.rank_metrics(r2v).items()})
-    out["mcmrr"] = (out["video_to_report_mean_rank"] + out["report_to_video_mean_rank"]) / 2
-    return {"n": len(videos) + len(reports), "metrics": out, "ci95": {},
-            "details": {"video_queries": len(videos), "report_candidates": len(report_ids), "report_queries": len(reports),
-                        "video_candidates": len(d.ids), "rank": "1 + candidates scoring above the best correct one"}}
+    every_v2r = M.retrieval_ranks(d.vectors[videos], report_vectors, [np.array(reports_of[v]) for v in videos])
+    every_r2v = M.retrieval_ranks(report_vectors[reports], d.vectors, [np.array(videos_of[r]) for r in reports])
+    every = {f"video_to_report_{k}": v for k, v in M.rank_metrics(every_v2r).items()}
+    every.update({f"report_to_video_{k}": v for k, v in M.rank_metrics(every_r2v).items()})
+    every["mcmrr"] = (every["video_to_report_mean_rank"] + every["report_to_video_mean_rank"]) / 2
+    out.update({f"every_video_{k}": v for k, v in every.items()})
+    return {"n": len(units) + len(reports), "metrics": out, "ci95": {},
+            "details": {"protocol": f"one random video per study (seed {d.seed}) as the study's image, each report"
+                                    " ranked against those images and each image against every report (EchoCLIP paper)",
+                        "every_video_protocol": "every video queries every report; a report's rank is that of the best"
+                                                " video of its study, among every video",
+                        "studies": len(units), "video_queries": len(videos), "report_candidates": len(report_ids),
+                        "report_queries": len(reports), "video_candidates": len(d.ids),
+                        "rank": "1 + candidates scoring above the best correct one"}}
 
 
 def zero_shot_ef(d: Data) -> dict:
@@ -306,6 +340,13 @@ def zero_shot_ef(d: Data) -> dict:
     if not test:
         raise Skip("no TEST video with an EF label and a readable file")
     model = d.model if d.model is not None else _stored_model(d)
+    if getattr(model, "name", d.encoder) == "echoclip-r":
+        prompts, values = report_prompts(d)
+        procedure = (f"EchoCLIP-R: {len(prompts)} report texts of non-TEST videos as prompts, up to {REPORTS_PER_EF} "
+                     f"per integer EF value (seed {d.seed}), frames 0..40 stride 2, top 20% ranks, median")
+    else:
+        prompts, values = None, None
+        procedure = "202 EF prompts, frames 0..40 stride 2, top 20% ranks, median (FACTS.md)"
     preds, kept, failed = [], [], 0
     for start in range(0, len(test), ZERO_SHOT_BATCH):
         batch, videos = [], []
@@ -316,7 +357,7 @@ def zero_shot_ef(d: Data) -> dict:
             except EmbedstoreError:
                 failed += 1
         if videos:
-            preds.append(predict(model, videos))
+            preds.append(predict(model, videos, prompts=prompts, values=values))
             kept.extend(batch)
     if not kept:
         raise Skip("no TEST video could be read")
@@ -326,19 +367,49 @@ def zero_shot_ef(d: Data) -> dict:
     return {"n": len(kept), "metrics": {"mae": float(err.mean()), "auc": M.auc(y, -pred)},
             "ci95": {"mae": d.ci(lambda i: float(err[i].mean()), len(err)),
                      "auc": d.ci(lambda i: M.auc(y[i], -pred[i]), len(y))},
-            "details": {"procedure": "202 EF prompts, frames 0..40 stride 2, top 20% ranks, median (FACTS.md)",
+            "details": {"procedure": procedure,
                         "auc_score": "minus the predicted EF", "unreadable": failed}}
+
+
+def report_prompts(d: Data) -> tuple[list[str], np.ndarray]:
+    """EchoCLIP-R's zero-shot EF prompts: up to REPORTS_PER_EF report texts per integer EF value (seeded), from
+    reports of labelled non-TEST videos (a report linked by study takes its study's mean EF)."""
+    position = {v: k for k, v in enumerate(d.ids)}
+    labelled = ~np.isnan(d.ef) & (d.split != "TEST")
+    study_ef: dict[str, list[float]] = {}
+    for k in np.flatnonzero(labelled):
+        if d.studies[k] is not None:
+            study_ef.setdefault(d.studies[k], []).append(float(d.ef[k]))
+    by_value: dict[int, list[str]] = {}
+    for study, video, text in d.store.catalog.query("SELECT study_id, video_id, text FROM reports ORDER BY report_id"):
+        if not text:
+            continue
+        if video is not None:
+            k = position.get(video)
+            ef = float(d.ef[k]) if k is not None and labelled[k] else None
+        else:
+            ef = float(np.mean(study_ef[study])) if study in study_ef else None
+        if ef is not None:
+            by_value.setdefault(int(round(ef)), []).append(text)
+    if not by_value:
+        raise Skip("echoclip-r zero-shot EF needs report texts of labelled TRAIN/VAL videos as prompts (none found)")
+    rng = np.random.default_rng(d.seed)
+    prompts, values = [], []
+    for value in sorted(by_value):
+        texts = by_value[value]
+        for i in sorted(rng.choice(len(texts), size=min(REPORTS_PER_EF, len(texts)), replace=False).tolist()):
+            prompts.append(texts[i])
+            values.append(value)
+    return prompts, np.array(values, dtype=np.float32)
 
 
 def _stored_model(d: Data):
     """The encoder that made the store's vectors, rebuilt and verified from its provenance."""
-    from embedstore.index.search import QueryEncoder
-
-    query = QueryEncoder(d.store, d.encoder)
-    if query.info["weights_sha256"] == RANDOM_INIT:
+    info = d.store.encoder_info(d.encoder)
+    if is_random(info):
         raise Skip("random-init weights: zero-shot EF from a random text tower is noise (pass a model to force it)")
     try:
-        return query.model
+        return rebuild(info)
     except EmbedstoreError as exc:
         raise Skip(f"cannot rebuild {d.encoder}: {exc.message}") from None
 

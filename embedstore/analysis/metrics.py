@@ -61,6 +61,16 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(thresholds[best])
 
 
+def accuracy_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold maximising accuracy (positive when score >= threshold), the R3D paper's rule on VAL;
+    candidates are the scores themselves, ties go to the lowest."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=float)
+    candidates = np.unique(s)
+    accuracy = [((s >= c) == y).mean() for c in candidates]
+    return float(candidates[int(np.argmax(accuracy))])
+
+
 def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
     """AUC, AUPRC and the confusion-matrix metrics at `threshold` (positive when score >= threshold)."""
     y = np.asarray(labels, dtype=bool)

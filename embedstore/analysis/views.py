@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from embedstore.encoders.provenance import RANDOM_INIT
 from embedstore.errors import BadInput, NotFound
 from embedstore.store import Store
 from embedstore.store.catalog import VIDEO_COLUMNS
@@ -28,7 +29,6 @@ META_KEY = b"embedstore.view"
 MIN_POINTS = 4  # UMAP needs more points than components + 1
 UMAP_PARAMS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine"}
 CATEGORY_LEGEND_MAX = 20
-RANDOM_INIT = "random-init"
 
 
 def view_path(store: Store, encoder: str, method: str) -> Path:

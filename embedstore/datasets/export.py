@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 import embedstore
 from embedstore.datasets.ingest import sha256_file
+from embedstore.encoders.provenance import RANDOM_INIT
 from embedstore.encoders.weights import NO_REDISTRIBUTION, WEIGHTS
 from embedstore.errors import BadInput, NotFound
 from embedstore.progress import bar
@@ -33,7 +34,6 @@ from embedstore.store.vectors import CHUNK_ROWS
 BUNDLE_FORMAT = "embedstore-bundle"
 BUNDLE_VERSION = 1
 SHARD_ROWS = 100_000  # rows per Parquet shard and per read from the store
-RANDOM_INIT = "random-init"
 DATA_CARD = Path(embedstore.__file__).resolve().parents[1] / "data_card.md"
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -1,7 +1,9 @@
 """`embedstore ingest`: register videos (an EchoNet folder, a folder of files, or one file) in a store.
 
 Idempotent by content (sha256): a file already present is 'unchanged'. Each video is decoded once
-to check it and read its size and timing; a bad file is skipped with its reason and the rest go on.
+to check it and read its size and timing (kept over FileList's declared values, which are stored
+beside them); VolumeTracings.csv, when present, gives each video its ED/ES frames and traced LV
+outlines. A bad file is skipped with its reason and the rest go on.
 Rows are committed in batches, so an interrupted ingest keeps what it finished and resumes.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedstore.datasets.echonet import read_filelist, read_reports
+from embedstore.datasets.echonet import DECLARED, read_filelist, read_reports, read_volume_tracings
 from embedstore.errors import EmbedstoreError, NotFound
 from embedstore.progress import bar
 from embedstore.store import Store
@@ -26,11 +28,12 @@ class IngestSummary:
     unchanged: int = 0
     labelled: int = 0
     reports: int = 0
+    traced: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"added": self.added, "unchanged": self.unchanged, "labelled": self.labelled,
-                "reports": self.reports, "skipped": [{"item": p, "reason": r} for p, r in self.skipped]}
+                "reports": self.reports, "traced": self.traced, "skipped": [{"item": p, "reason": r} for p, r in self.skipped]}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -84,7 +87,16 @@ def ingest(source: str | Path, store: Store, reports: str | Path | None = None, 
     with store.run("ingest", {"source": str(source), "reports": str(reports) if reports else None}) as run:
         _add_paths(paths, labels, store, summary, workers, progress)
         if labels:
-            summary.labelled = store.catalog.update_labels([labels[v] for v in labels if v in store.catalog.video_ids()])
+            known = store.catalog.video_ids()
+            # the decoded frame rate, size and frame count stay on the video; FileList's are kept as declared
+            summary.labelled = store.catalog.update_labels(
+                [{k: v for k, v in labels[i].items() if k not in DECLARED} for i in labels if i in known])
+            store.catalog.set_declared([labels[i] for i in labels if i in known])
+        if source.is_dir() and (source / "VolumeTracings.csv").exists():
+            tracings, bad = read_volume_tracings(source / "VolumeTracings.csv")
+            known = store.catalog.video_ids()
+            summary.traced = store.catalog.set_tracings([t for t in tracings if t["video_id"] in known])
+            summary.skipped.extend(bad)
         if report_rows:
             summary.reports = store.add_reports(report_rows)
         run.added = summary.added

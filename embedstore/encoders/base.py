@@ -7,6 +7,7 @@ one video, and `embed_prepared` runs the model on a batch of those inputs.
 from __future__ import annotations
 
 import contextlib
+import json
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from copy import deepcopy
@@ -17,11 +18,12 @@ import numpy as np
 
 from embedstore import config
 from embedstore.devices import bf16_native, out_of_memory_as_error
+from embedstore.encoders.provenance import RANDOM_INIT, numerics
 from embedstore.encoders.weights import WEIGHTS, Resolved, find, resolve, sha256_file
 from embedstore.errors import BadInput, NotFound
 from embedstore.video.read import Video
 
-RANDOM_INIT = "random-init"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class Encoder(ABC):
@@ -32,7 +34,10 @@ class Encoder(ABC):
     modalities: frozenset[str] = frozenset({"video"})
     spec: dict = {}
     licence: str = ""
-    defaults: ClassVar[dict[str, Any]] = {"batch_size": 8, "seed": 0}
+    # precision: auto = bf16 autocast on CUDA (fp16 where bf16 is not native), fp32 on CPU
+    defaults: ClassVar[dict[str, Any]] = {"batch_size": 8, "seed": 0, "precision": "auto"}
+    # what `embedstore encoders` shows of the published procedure: input scale, frames, resize kernel
+    card: ClassVar[dict[str, str]] = {}
 
     def __init__(self, weights: str | Path | None = None, random_init: bool = False, device: str = "auto", **options):
         unknown = sorted(set(options) - set(self.defaults))
@@ -44,6 +49,7 @@ class Encoder(ABC):
             raise BadInput(f"encoder {self.name}: give weights or random_init=True, not both")
         self.options = {**self.defaults, **options}
         self.device = config.device(device)
+        self.precision = resolve_precision(self.options["precision"], self.device, self.name)
         self.spec = deepcopy(type(self).spec)
         self.resolved: Resolved | None = None if random_init else resolve(self.name, weights)
         self.model = self._build(self.resolved).eval().to(self.device)
@@ -98,18 +104,24 @@ class Encoder(ABC):
         import embedstore
 
         weights = str(self.resolved.file) if self.resolved else RANDOM_INIT
+        preprocessing = {**deepcopy(self.spec), "options": self.recorded_options(), "precision": self.precision,
+                         "numerics": numerics(self.device, self.precision)}
         return {
             "encoder": self.name,
             "dim": self.dim,
             "weights": weights,
             "weights_sha256": sha256_file(self.resolved.file) if self.resolved else RANDOM_INIT,
-            "preprocessing": deepcopy(self.spec),
+            "preprocessing": preprocessing,
             "package_version": str(getattr(embedstore, "__version__", "0")),
             "modalities": sorted(self.modalities),
         }
 
+    def recorded_options(self) -> dict:
+        """Every constructor option, JSON-ready, as provenance records it (encoders add resolved files)."""
+        return json.loads(json.dumps(self.options, default=str))
+
     def _run(self, fn: Callable, array: np.ndarray) -> np.ndarray:
-        """fn on `array` moved to the device, in inference mode (autocast on CUDA); normalised float32 rows."""
+        """fn on `array` moved to the device, in inference mode (autocast at bf16/fp16); normalised float32 rows."""
         import torch
         import torch.nn.functional as F
 
@@ -120,26 +132,42 @@ class Encoder(ABC):
         return F.normalize(y.float(), dim=-1).cpu().numpy()
 
     def autocast(self):
-        """Mixed precision on CUDA (bf16 where the GPU has it natively, else fp16), nothing on CPU; training uses it too."""
+        """Autocast at the encoder's precision (nothing at fp32); training uses it too."""
         import torch
 
-        if not self.device.startswith("cuda"):
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if bf16_native() else torch.float16  # emulated bf16 is slower than fp16
-        return torch.autocast("cuda", dtype=dtype)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.split(":")[0], dtype=dtype)
 
     @classmethod
     def describe(cls) -> dict:
         """Registry row for `embedstore encoders`: no model is built, weights are only looked up."""
         found = find(cls.name)
+        precision = cls.defaults["precision"]
         return {
             "name": cls.name,
             "dim": cls.dim,
             "modalities": sorted(cls.modalities),
+            **cls.card,
+            "precision": "auto (bf16 on CUDA, fp32 on CPU)" if precision == "auto" else precision,
+            "weights_file": " or ".join(WEIGHTS[cls.name].files),
             "spec": deepcopy(cls.spec),
             "licence": cls.licence,
             "weights": str(found.file) if found else "not found",
         }
+
+
+def resolve_precision(requested: str, device: str, name: str = "encoder") -> str:
+    """fp32 | bf16 | fp16 from a requested precision: auto is bf16 on a GPU with native bf16, fp16 on an older
+    GPU, fp32 on CPU (bf16 on CPU is emulated and slow: only on request)."""
+    if requested not in PRECISIONS:
+        raise BadInput(f"{name} precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if not device.startswith("cuda"):
+        return "fp32"
+    return "bf16" if bf16_native() else "fp16"
 
 
 _REGISTRY: dict[str, type[Encoder]] = {}

@@ -57,7 +57,8 @@ class EchoCLIP(Encoder):
         "frames": "all, embedded one by one",
         "size": [224, 224],
         "crop": "centre square, then central 80% (10% off each side)",
-        "resize": "bicubic",
+        "resize": "bicubic a=-0.75, no antialias (OpenCV INTER_CUBIC, as the authors)",
+        "colour": "RGB (the authors' OpenCV reader feeds BGR; identical for grey B-mode, differs for colour Doppler)",
         "scale": "0-1",
         "mean": None,  # the model's, read from open_clip_config.json at load time
         "std": None,
@@ -65,6 +66,9 @@ class EchoCLIP(Encoder):
         "pooling": "mean of L2-normalised frame embeddings, re-normalised",
         "tokenizer": "CLIP BPE",
     }
+    card = {"input_scale": "0-1, then the model's open_clip mean/std; RGB (the authors feed BGR)",
+            "frames": "every frame, one by one, mean of L2-normalised vectors (zero-shot: 0..40 stride 2)",
+            "resize": "centre square crop, central 80% (int trims), bicubic a=-0.75 no antialias (OpenCV INTER_CUBIC)"}
     # batch_size: frames (or texts) per forward pass; model_cfg: open_clip model config for random_init
     defaults = {**Encoder.defaults, "batch_size": 64, "model_cfg": None}
 
@@ -149,6 +153,20 @@ class EchoCLIPR(EchoCLIP):
     def tokenize(self, texts: list[str]) -> np.ndarray:
         return self.template_tokenizer(texts).numpy()
 
+    def recorded_options(self) -> dict:
+        """The vocabulary by path and sha256 (None when none is set up yet: a video-only set)."""
+        from embedstore.encoders.weights import sha256_file
+
+        options = super().recorded_options()
+        try:
+            path = self._vocab_path()
+        except WeightsNotFound:
+            path = None
+        found = path is not None and path.is_file()
+        options["vocab"] = str(path.resolve()) if found else None
+        options["vocab_sha256"] = sha256_file(path) if found else None
+        return options
+
     @cached_property
     def template_tokenizer(self):
         """Built on first use, so video-only work never needs the vocabulary."""
@@ -191,12 +209,27 @@ def ef_prompts() -> tuple[list[str], np.ndarray]:
     return prompts, np.array([v for _ in EF_PROMPTS for v in range(101)], dtype=np.float32)
 
 
-def zero_shot_ef(encoder: Encoder, videos: list[Video], start: int = 0, stop: int = 40, stride: int = 2) -> np.ndarray:
-    """Zero-shot EF (%) per video, as the EchoCLIP authors: per frame rank all 202 prompts by cosine
-    similarity, average the ranked values over frames, keep the top 20% ranks, take their median."""
+def zero_shot_binary(encoder: Encoder, videos: list[Video], prompts: list[str], start: int = 0, stop: int = 40,
+                     stride: int = 2) -> np.ndarray:
+    """Binary zero-shot score per video, as the EchoCLIP authors: the mean over prompts and frames of the
+    cosine similarity between each frame and each prompt (higher: the finding is more likely)."""
+    if not prompts:
+        raise BadInput("zero-shot binary scoring needs at least one prompt")
+    text = encoder.embed_texts(list(prompts))
+    return np.array([float((frame_embeddings(encoder, v, start, stop, stride) @ text.T).mean()) for v in videos],
+                    dtype=np.float32)
+
+
+def zero_shot_ef(encoder: Encoder, videos: list[Video], start: int = 0, stop: int = 40, stride: int = 2,
+                 prompts: list[str] | None = None, values: np.ndarray | None = None) -> np.ndarray:
+    """Zero-shot EF (%) per video, as the EchoCLIP authors: per frame rank all prompts (default the 202 EF
+    prompts; EchoCLIP-R: sampled report texts, with their EF as `values`) by cosine similarity, average the
+    ranked values over frames, keep the top 20% ranks, take their median."""
     import torch
 
-    prompts, values = ef_prompts()
+    if prompts is None:
+        prompts, values = ef_prompts()
+    values = np.asarray(values, dtype=np.float32)
     text = torch.from_numpy(encoder.embed_texts(prompts))
     values_t = torch.from_numpy(values)
     top = int(len(prompts) * 0.2)

@@ -57,7 +57,7 @@ class EchoPrimePreparer:
     def __call__(self, video: Video) -> np.ndarray:
         frames = video.frames[:FRAMES_TO_TAKE:STRIDE]
         rows, cols = crop_and_trim(frames.shape[1:3])
-        x = resize_uint8(np.ascontiguousarray(frames[:, rows, cols]), self.size, mode="bicubic", antialias=False)
+        x = resize_uint8(np.ascontiguousarray(frames[:, rows, cols]), self.size, mode="bicubic")
         return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 

@@ -1,8 +1,14 @@
 """R3D-18 video embeddings (JACC Advances 2024): the 400-d output of torchvision r3d_18's Kinetics `fc`.
 
+Input scale: each checkpoint is fed the scale it was trained with (FACTS.md, R3D). The authors
+trained and extracted on raw 0-255 floats with no mean/std, so the released checkpoint (wrapper
+layout), checkpoints `embedstore train r3d` writes (they record `input_scale`) and a seeded random
+init get raw 0-255; only torchvision's own Kinetics-400 weights (torchvision layout, no record) get
+Kinetics mean/std on the 0-1 scale. Option scale="0-255"|"kinetics" overrides (training uses it).
+
 Two presets, because the paper and the released extraction script differ:
-- `r3d`    paper-faithful: 112x112, one frame in 4, Kinetics-400 mean/std on the 0-1 scale.
-- `r3d-v0` released-script-compatible: every frame, raw 0-255 floats, no mean/std. The script does
+- `r3d`    paper-faithful: 112x112, one frame in 4.
+- `r3d-v0` released-script-compatible (reproduces the published vectors): every frame, fp32. The script does
   no resize because EchoNet-Dynamic frames are already 112x112; here frames of another size are
   centre-cropped square and resized to 112 (option resize=False feeds them at native size, as the
   script would), so vectors of other videos stay comparable with the released ones and memory
@@ -26,6 +32,9 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's Kinetics-400 video
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 SIZE = 112
 WRAPPER, HEAD = "preloaded_model.", "new_layer1."  # released checkpoint: the r3d_18 + the 400->1 EF head
+RAW, KINETICS = "0-255", "kinetics"  # input scales: raw 0-255 floats, or Kinetics mean/std on 0-1
+SCALES = (RAW, KINETICS)
+SCALE_KEY = "input_scale"  # recorded in checkpoints embedstore writes: {"state_dict": ..., "input_scale": ...}
 
 
 @dataclass(frozen=True)
@@ -55,20 +64,38 @@ class R3D(Encoder):
         "frames": "all (no fixed clip length)",
         "size": [SIZE, SIZE],
         "resize": "centre square crop + bilinear, only when frames are not 112x112",
-        "scale": "0-1",
-        "mean": list(KINETICS_MEAN),
-        "std": list(KINETICS_STD),
+        "scale": "0-255",  # set at load time from the weights: see the module docstring
+        "mean": None,
+        "std": None,
         "layout": "B,C,T,H,W",
         "pooling": "r3d_18 global average pool + Kinetics fc (512->400)",
     }
+
+    defaults = {**Encoder.defaults, "scale": "auto"}
+    card = {"input_scale": "raw 0-255 floats (released and embedstore-trained checkpoints, random init); Kinetics"
+                           " mean/std on 0-1 only for torchvision's Kinetics-400 file",
+            "frames": "1 in 4 (period 4), the whole video, (1, C, T, H, W)",
+            "resize": "none for 112x112 frames; else centre square crop + antialiased bilinear to 112"}
 
     def _load(self, resolved: Resolved | None):
         from torchvision.models.video import r3d_18
 
         model = r3d_18(weights=None)
+        trained_on = RAW
         if resolved is not None:
-            model.load_state_dict(r3d_state_dict(resolved.file, model.state_dict()))
+            state, trained_on = r3d_checkpoint(resolved.file, model.state_dict())
+            model.load_state_dict(state)
+        scale = self.options["scale"]
+        if scale not in ("auto", *SCALES):
+            raise BadInput(f"{self.name} scale must be auto, {' or '.join(SCALES)}, got {scale!r}")
+        self.set_scale(trained_on if scale == "auto" else scale)
         return model
+
+    def set_scale(self, scale: str) -> None:
+        """Record (in spec, hence provenance) the input scale this model is fed."""
+        kinetics = scale == KINETICS
+        self.spec.update(scale="0-1" if kinetics else "0-255", mean=list(KINETICS_MEAN) if kinetics else None,
+                         std=list(KINETICS_STD) if kinetics else None, input_scale=scale)
 
     @property
     def preparer(self) -> R3DPreparer:
@@ -95,15 +122,12 @@ class R3DV0(R3D):
     """Released-extraction-script preset."""
 
     # batch_size 1: every frame of a long cine is already a large input, as in the released script
-    defaults = {**Encoder.defaults, "batch_size": 1, "resize": True}
-    spec = {
-        **R3D.spec,
-        "sampling": "all",
-        "period": 1,
-        "scale": "0-255",
-        "mean": None,
-        "std": None,
-    }
+    # precision fp32: the published vectors were extracted in fp32
+    defaults = {**R3D.defaults, "batch_size": 1, "resize": True, "precision": "fp32"}
+    card = {**R3D.card, "frames": "every frame, the whole video, (1, C, T, H, W) (the released script)",
+            "resize": "none for 112x112 frames (the script); else centre square crop + antialiased bilinear to 112"
+                      " (resize=False: native size)"}
+    spec = {**R3D.spec, "sampling": "all", "period": 1}
 
     def _load(self, resolved: Resolved | None):
         if not self.options["resize"]:
@@ -111,21 +135,26 @@ class R3DV0(R3D):
         return super()._load(resolved)
 
 
-def r3d_state_dict(path: Path, expected: dict) -> dict:
-    """A torchvision r3d_18 state dict from `path`, in either published layout; one-line BadInput otherwise.
+def r3d_checkpoint(path: Path, expected: dict) -> tuple[dict, str]:
+    """(torchvision r3d_18 state dict, the input scale it was trained with) from `path`; one-line BadInput otherwise.
 
     Layouts, told apart by their keys: torchvision's (stem.*, layer1-4.*, fc.*) or the released
     wrapper (preloaded_model.* + new_layer1.*, whose 400->1 head is dropped), either one optionally
-    under {"state_dict": ...} or {"model": ...}.
+    under {"state_dict": ...} or {"model": ...}. Scale: an `input_scale` recorded beside the state
+    dict, else raw 0-255 for the wrapper layout (the authors' training) and Kinetics for torchvision's.
     """
     state = _load_file(path)
+    recorded = state.get(SCALE_KEY) if isinstance(state, dict) and isinstance(state.get(SCALE_KEY), str) else None
+    if recorded is not None and recorded not in SCALES:
+        raise BadInput(f"{path}: input_scale {recorded!r} is not one of {', '.join(SCALES)}")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not state:
         raise BadInput(f"{path}: not a state dict; expected an r3d_18 checkpoint ({_LAYOUTS})")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith(WRAPPER) for k in state):
+    wrapper = any(k.startswith(WRAPPER) for k in state)
+    if wrapper:
         stray = sorted(k for k in state if not k.startswith((WRAPPER, HEAD)))
         if stray:
             raise BadInput(f"{path}: wrapper checkpoint with unexpected keys {_few(stray)}; expected {_LAYOUTS}")
@@ -137,7 +166,7 @@ def r3d_state_dict(path: Path, expected: dict) -> dict:
         problems = [f"{label} {_few(keys)}" for label, keys in
                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
         raise BadInput(f"{path}: not an r3d_18 checkpoint ({'; '.join(problems)}); expected {_LAYOUTS}")
-    return state
+    return state, recorded or (RAW if wrapper else KINETICS)
 
 
 _LAYOUTS = "torchvision r3d_18 keys stem.*, layer1-4.*, fc.* or the released wrapper preloaded_model.* + new_layer1.*"

@@ -8,9 +8,12 @@ written `<#>`). Behaviour, as EchoCLIP-R was trained with it:
    becomes ". "; WAS->IS, WERE->ARE, AND/OR->AND, NORMALLY->NORMAL, MILDLY->MILD,
    MODERATELY->MODERATE, SEVERELY->SEVERE, PULMONARY ARTERY->PA; dates (dd/dd/dddd, dd.dd.dddd)
    and ICD codes (letter + digits.digits) removed; no space before MMHG/MM/CM/%; " + " -> "+";
-   whitespace collapsed; one trailing space; runs of periods -> one.
+   whitespace collapsed; one trailing space; runs of periods -> one; then the authors' period
+   insertion: each of PERIOD_PHRASES (a `<#>` there is a number) gets a "." when none follows,
+   and runs of periods collapse again (without it "LV EJECTION FRACTION IS 55%" loses its finding).
 2. variables: numbers `\\d+\\.?\\d*` and severity words not preceded by a letter (MODERATE/SEVERE,
    MILD/MODERATE, MILD, MODERATE, SEVERE, VERY SEVERE) are replaced by `<#>`, values kept in order.
+   Then the authors' two REWRITES (plain substring replacement on the text with `<#>`).
 3. phrases: exact substrings, leftmost-longest; every unmatched span is one unknown token, dropped
    together with the values inside it.
 4. ids: [BOS, phrase, its values..., phrase, ..., EOS], padded with 0 or cut to 77 with EOS last.
@@ -71,6 +74,26 @@ _WORDS = (
     (re.compile(r"\+CVPMMHG"), "MMHG"),
 )
 _PERIODS = re.compile(r"\.+")
+NUMBER = r"\d+\.?\d*"
+# The authors' phrases that get a period when none follows (FACTS.md, tokenizer); <#> stands for a number.
+PERIOD_PHRASES = (
+    "THE PEAK TRANSAORTIC GRADIENT IS <#>MMHG", "THE MEAN TRANSAORTIC GRADIENT IS <#>MMHG",
+    "LV EJECTION FRACTION IS <#>%", "ESTIMATED PA PRESSURE IS <#>MMHG", "RESTING SEGMENTAL WALL MOTION ANALYSIS",
+    "THE IVC DIAMETER IS <#>MM", "EST RV/RA PRESSURE GRADIENT IS <#>MMHG", "ESTIMATED PEAK RVSP IS <#>MMHG",
+    "HEART FAILURE, UNSPECIFIED", "CHEST PAIN, UNSPECIFIED", "SINUS OF VALSALVA: <#>CM",
+    "THE PEAK TRANSMITRAL GRADIENT IS <#>MMHG", "THE MEAN TRANSMITRAL GRADIENT IS <#>MMHG", "ASCENDING AORTA <#>CM",
+    "ESTIMATED PA SYSTOLIC PRESSURE IS <#>MMHG", "ICD_CODE SHORTNESS BREATH", "ICD_CODE ABNORMAL ELECTROCARDIOGRAM ECG EKG",
+    "SHORTNESS BREATH", "ABNORMAL ELECTROCARDIOGRAM ECG EKG",
+    "THE LEFT ATRIAL APPENDAGE IS NORMAL IN APPEARANCE WITH NO EVIDENCE OF THROMBUS",
+)
+_PERIOD_AFTER = [re.compile("(" + NUMBER.join(map(re.escape, p.split("<#>"))) + r")(?!\.)") for p in PERIOD_PHRASES]
+# The authors' rewrites after the values became <#>.
+REWRITES = (
+    ("THE INFERIOR VENA CAVA IS NORMAL IN SIZE AND SHOWS A NORMAL RESPIRATORY COLLAPSE, CONSISTENT WITH NORMAL RIGHT"
+     " ATRIAL PRESSURE (<#>MMHG).", "THE INFERIOR VENA CAVA SHOWS A NORMAL RESPIRATORY COLLAPSE CONSISTENT WITH NORMAL"
+     " RIGHT ATRIAL PRESSURE (<#>MMHG)."),
+    ("RESTING SEGMENTAL WALL MOTION ANALYSIS.:", "RESTING SEGMENTAL WALL MOTION ANALYSIS."),
+)
 _VARIABLE = re.compile(
     r"(\d+\.?\d*)|((?<![A-Za-z])(?:MODERATE/SEVERE|MILD/MODERATE|MILD|MODERATE|SEVERE|VERY SEVERE))"
 )
@@ -82,7 +105,17 @@ def clean_text(text: str) -> str:
     text = _BRACKETS.sub("", _LONE_PERIOD.sub(". ", text))
     for pattern, replacement in _WORDS:
         text = pattern.sub(replacement, text)
-    return _PERIODS.sub(".", text.strip() + " ")
+    text = _PERIODS.sub(".", text.strip() + " ")
+    for pattern in _PERIOD_AFTER:
+        text = pattern.sub(r"\1.", text)
+    return _PERIODS.sub(".", text)
+
+
+def rewrite(text: str) -> str:
+    """The authors' two rewrites of a cleaned text whose values are already <#>."""
+    for old, new in REWRITES:
+        text = text.replace(old, new)
+    return text
 
 
 def extract_variables(text: str) -> tuple[list[str], str]:
@@ -123,6 +156,7 @@ class TemplateTokenizer:
     def encode(self, text: str) -> list[int]:
         """[BOS, ids..., EOS] for one report, neither padded nor cut."""
         values, text = extract_variables(clean_text(text))
+        text = rewrite(text)
         ids, pos, taken = [self.bos], 0, 0
         for match in self._phrases.finditer(text):
             taken += text.count(PLACEHOLDER, pos, match.start())  # values of the unknown span: dropped

@@ -46,6 +46,9 @@ class VideoMAE(Encoder):
         "pooling": "max",
         "tokens": "1568 = (16/2) x (224/16)^2",
     }
+    card = {"input_scale": "0-1, no mean/std (EchoVisionFM, even with the Kinetics weights)",
+            "frames": "16 spread over the whole video: linspace(0, N-1) truncated toward zero",
+            "resize": "antialiased bilinear to 224x224, no crop"}
     # config_overrides: VideoMAEConfig fields for random_init only (small models in tests)
     defaults = {**Encoder.defaults, "pooling": "max", "config_overrides": None}
 

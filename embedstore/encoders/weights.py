@@ -23,6 +23,9 @@ _ECHOPRIME_FETCH = ("download model_data.zip of release v1.0.0 from https://gith
                     " and unzip it into $EMBEDSTORE_WEIGHTS/echoprime/ (weights/ inside it), or pass its folder")
 _ECHOPRIME_LICENCE = ("EchoPrime (echonet/EchoPrime): Cedars-Sinai academic licence, research use only; no"
                       " redistribution of the weights, candidate files or derived embeddings")
+# The authors' released checkpoint (Team-Echo-MIT/r3d-v0-embeddings, embedder/); r3d_o_sp4.pt was a deleted
+# oversampling experiment and is never looked for.
+RELEASED_R3D = "r3d_binary_111723.pt"
 KINETICS_FETCH = "python -c \"import torchvision; torchvision.models.video.r3d_18(weights='KINETICS400_V1')\""
 
 
@@ -58,19 +61,18 @@ WEIGHTS: dict[str, NamedWeights] = {
     for w in (
         NamedWeights(
             "r3d",
-            files=("r3d_o_sp4.pt", "r3d_binary_111723.pt", "r3d_18-b3b3357e.pth"),
+            files=(RELEASED_R3D, "r3d_18-b3b3357e.pth"),
             torch_hub_file="r3d_18-b3b3357e.pth",
-            fetch=f"curl -L --create-dirs -o $EMBEDSTORE_WEIGHTS/r3d/r3d_o_sp4.pt {_R3D_RAW}/r3d_o_sp4.pt"
+            fetch=f"curl -L --create-dirs -o $EMBEDSTORE_WEIGHTS/r3d/{RELEASED_R3D} {_R3D_RAW}/embedder/{RELEASED_R3D}"
             f" (or the Kinetics-400 init: {KINETICS_FETCH})",
             licence="MIT (Team-Echo-MIT/r3d-v0-embeddings; Kinetics-400 init from torchvision, BSD-3-Clause);"
             " vectors of EchoNet-Dynamic videos carry its research-use agreement",
         ),
         NamedWeights(
             "r3d-v0",
-            files=("r3d_binary_111723.pt", "r3d_o_sp4.pt", "r3d_18-b3b3357e.pth"),
+            files=(RELEASED_R3D, "r3d_18-b3b3357e.pth"),
             torch_hub_file="r3d_18-b3b3357e.pth",
-            fetch=f"curl -L --create-dirs -o $EMBEDSTORE_WEIGHTS/r3d-v0/r3d_binary_111723.pt"
-            f" {_R3D_RAW}/embedder/r3d_binary_111723.pt",
+            fetch=f"curl -L --create-dirs -o $EMBEDSTORE_WEIGHTS/r3d-v0/{RELEASED_R3D} {_R3D_RAW}/embedder/{RELEASED_R3D}",
             licence="MIT (Team-Echo-MIT/r3d-v0-embeddings); vectors of EchoNet-Dynamic videos carry its"
             " research-use agreement",
         ),

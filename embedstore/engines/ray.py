@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from embedstore import config
-from embedstore.encode import EncodeSummary, pending_videos, prepare_one
+from embedstore.encode import EncodeSummary, pending_videos, prepare_one, run_args
 from embedstore.encoders import Encoder
+from embedstore.encoders.provenance import rebuild
 from embedstore.errors import BadInput
 from embedstore.progress import bar
 from embedstore.store import Run, Store
@@ -46,18 +47,18 @@ STAGING = "staging"
 
 @dataclass(frozen=True)
 class EncoderRecipe:
-    """How an actor rebuilds the driver's encoder: picklable, and the model itself is never shipped."""
+    """How an actor rebuilds the driver's encoder: its provenance (picklable; the model is never shipped),
+    rebuilt and checked like a query encoder, at the driver's precision whatever the actor's device."""
 
     cls: type[Encoder]
-    weights: str | None  # None: seeded random init, so every actor builds the same model
-    options: dict
+    provenance: dict
 
     @classmethod
     def of(cls, encoder: Encoder) -> "EncoderRecipe":
-        return cls(type(encoder), str(encoder.resolved.path) if encoder.resolved else None, dict(encoder.options))
+        return cls(type(encoder), encoder.provenance())
 
     def build(self, device: str) -> Encoder:
-        return self.cls(weights=self.weights, random_init=self.weights is None, device=device, **self.options)
+        return rebuild(self.provenance, device=device, cls=self.cls)
 
 
 # -- shard files ------------------------------------------------------------------------------------
@@ -239,9 +240,9 @@ def encode_store_ray(store: Store, encoder: Encoder, batch_size: int = 8, addres
     prov = encoder.provenance()
     summary = EncodeSummary(encoder.name, target, provenance=prov)
     staging = staging_dir(store, encoder.name)
-    args = {"encoder": encoder.name, "target": target, "engine": "ray", "ray_address": address,
-            "batch_size": batch_size, "shard_size": shard_size, "gpus_per_worker": gpus_per_worker,
-            "cpus_per_decode": cpus_per_decode, "device": device, "weights_sha256": prov["weights_sha256"]}
+    args = run_args(store, prov, summary, encoder=encoder.name, target=target, engine="ray", ray_address=address,
+                    batch_size=batch_size, shard_size=shard_size, gpus_per_worker=gpus_per_worker,
+                    cpus_per_decode=cpus_per_decode, device=device)
     start = time.perf_counter()
     with store.run("encode", args) as run, store.writer(prov, target, run) as write:
         for path in leftover_shards(staging):

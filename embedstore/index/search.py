@@ -19,6 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters
 from embedstore.store import Store, normalise
@@ -26,7 +27,6 @@ from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
 from embedstore.store.store import TARGETS
 from embedstore.video.read import Video, read_video
 
-RANDOM_INIT = "random-init"
 META_COLUMNS = {
     "videos": ("videos", "video_id", ("patient_id", "study_id", "view", "split", "ef", "esv", "edv", "source_path")),
     "reports": ("reports", "report_id", ("patient_id", "study_id", "video_id", "text")),
@@ -35,6 +35,7 @@ META_COLUMNS = {
 NO_ROWS = np.zeros(0, dtype=np.int64)
 FILTERS_CACHED = 32  # where-filters' allowed rows kept per Searcher (its catalog cannot change while it is open)
 EXACT_SUBSET_MAX = 8192  # a filter leaving at most this many rows is answered by exact search over them
+EF_ESTIMATE_K = 50  # neighbours behind the label estimate, whatever k shows (EchoPrime's k)
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
 
 
@@ -82,23 +83,8 @@ class QueryEncoder:
 
     @cached_property
     def model(self):
-        from embedstore.encoders import get_encoder
-
-        info = self.info
-        random_init = info["weights_sha256"] == RANDOM_INIT
-        weights = info["weights"] if not random_init and Path(info["weights"]).exists() else None
-        model = get_encoder(self.name, weights=weights, random_init=random_init, **_recorded_options(info["preprocessing"]))
-        prov = json.loads(json.dumps(model.provenance(), default=str))
-        if prov["weights_sha256"] != info["weights_sha256"] or int(prov["dim"]) != int(info["dim"]):
-            raise Conflict(f"query encoder {self.name} has weights {prov['weights_sha256'][:12]} (dim {prov['dim']}) but the "
-                           f"store's vectors come from {info['weights_sha256'][:12]} (dim {info['dim']}); "
-                           f"point $EMBEDSTORE_WEIGHTS at the weights the store was encoded with")
-        differ = sorted(k for k in set(prov["preprocessing"]) | set(info["preprocessing"])
-                        if prov["preprocessing"].get(k) != info["preprocessing"].get(k))
-        if differ:
-            raise Conflict(f"query encoder {self.name} prepares videos differently from the store's vectors "
-                           f"({', '.join(differ)}); queries would not be comparable")
-        if random_init:
+        model = rebuild(self.info)
+        if is_random(self.info):
             self._check_reproduces(model)
         return model
 
@@ -141,11 +127,6 @@ class QueryEncoder:
         if not text or not text.strip():
             raise BadInput("the query text is empty")
         return self.model.embed_texts([text])
-
-
-def _recorded_options(preprocessing: dict) -> dict:
-    """Constructor options recorded in a preprocessing spec: videomae's token pooling ('max' or 'mean')."""
-    return {"pooling": preprocessing["pooling"]} if preprocessing.get("pooling") in ("max", "mean") else {}
 
 
 def read_vector_file(path: str | Path) -> np.ndarray:
@@ -225,7 +206,8 @@ class Searcher:
         else:
             vector = self.store.vectors.read_rows(self.encoder, "videos", np.array([row]))
         exclude = (video_id,) if exclude_self and self.target == "videos" else ()
-        return self._search(vector, k, where, exclude, same_patient, {"kind": "id", "id": video_id}, start)
+        return self._search(vector, k, where, exclude, same_patient, {"kind": "id", "id": video_id}, start,
+                            query_id=video_id)
 
     def search_video(self, video: str | Path | Video, k: int = 10, where: str | None = None,
                      same_patient: bool = False) -> SearchResult:
@@ -234,7 +216,7 @@ class Searcher:
         vector, stored = self.query_encoder.video_vector(video)
         path = video.path if isinstance(video, Video) else video
         query = {"kind": "video", "path": str(path) if path else None, "stored_id": stored}
-        return self._search(vector, k, where, (), same_patient, query, start)
+        return self._search(vector, k, where, (), same_patient, query, start, query_id=stored)
 
     def search_text(self, text: str, k: int = 10, where: str | None = None, same_patient: bool = False) -> SearchResult:
         """Neighbours of a free text (text encoders: echoclip, echoclip-r)."""
@@ -296,7 +278,8 @@ class Searcher:
     # -- batches ------------------------------------------------------------------------------
     def search_many(self, vectors=None, ids=None, k: int = 10, where: str | None = None,
                     exclude_self: bool = True) -> list[SearchResult]:
-        """One SearchResult per query vector ([N, D]) or stored id, as a loop over search_vector / search_id gives.
+        """One SearchResult per query vector ([N, D]) or stored id, with the hits a loop over search_vector /
+        search_id gives, but no neighbours' label estimate (that takes a second, wider search per query).
 
         One FAISS call for the whole batch (FAISS spreads a batch over all cores), so evaluations and
         audits do not pay per-query costs. Same neighbours as the loop: exactly with an exact index;
@@ -321,10 +304,10 @@ class Searcher:
         for query, score_row, row_row in zip(kinds, scores, rows):
             valid = row_row >= 0
             hits = self._hits(score_row[valid], row_row[valid], None)
-            results.append(SearchResult(
-                hits=hits, filtered_out=filtered_out, provenance=self.provenance, took_ms=took,
-                ef_estimate=_ef_estimate(hits),
-                query={**query, "k": k, "where": where, "target": self.target, "same_patient": False}))
+            excluded = exclude is not None and query["kind"] == "id"
+            results.append(SearchResult(  # no label estimate: it needs a second, wider search per query (use search)
+                hits=hits, filtered_out=filtered_out, provenance=self.provenance, took_ms=took, ef_estimate=None,
+                query=self._query_record(query, k, len(hits), where, False, excluded)))
         return results
 
     def neighbours_many(self, vectors: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
@@ -413,13 +396,13 @@ class Searcher:
         return normalise(arr, self.dim, "query vector")
 
     def _check_k(self, k: int) -> None:
+        """k <= 0 is an error; a k above what the store or filter leaves returns what exists (the result says so)."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
             raise BadInput(f"k must be a positive integer, got {k!r}")
-        if k > self.size:
-            raise BadInput(f"k={k} is larger than the store: it holds {self.size} {self.encoder} {self.target}")
 
     def _search(self, vector: np.ndarray, k: int, where: str | None, exclude_ids, same_patient: bool,
-                query: dict, start: float, restrict: np.ndarray | None = None) -> SearchResult:
+                query: dict, start: float, query_id: str | None = None,
+                restrict: np.ndarray | None = None) -> SearchResult:
         self._check_k(k)
         exclude = self._rows_of(exclude_ids)
         allowed = None if where is None else self.allowed(where)
@@ -431,11 +414,54 @@ class Searcher:
             scores, rows = self._neighbours(vector, k, allowed, exclude)
             counts = None
         hits = self._hits(scores, rows, counts)
+        query = self._query_record(query, k, len(hits), where, same_patient, bool(len(exclude)))
         return SearchResult(
             hits=hits, filtered_out=0 if allowed is None else self.size - len(allowed), provenance=self.provenance,
-            took_ms=round((time.perf_counter() - start) * 1000, 3), ef_estimate=_ef_estimate(hits),
-            query={**query, "k": k, "where": where, "target": self.target, "same_patient": same_patient},
+            took_ms=round((time.perf_counter() - start) * 1000, 3),
+            ef_estimate=self._ef_estimate(vector, allowed, query_id), query=query,
         )
+
+    def _query_record(self, query: dict, k: int, returned: int, where: str | None, same_patient: bool,
+                      excluded: bool) -> dict:
+        """The query as answered: what was asked, how many came back, and why fewer than k when so."""
+        query = {**query, "k": k, "where": where, "target": self.target, "same_patient": same_patient, "returned": returned}
+        if returned < k:
+            what = "patients" if same_patient else self.target
+            query["note"] = (f"k={k} but only {returned} {what}{' pass the filter' if where else ''} exist"
+                             f"{' besides the query' if excluded else ''}; returned them all")
+        return query
+
+    def _ef_estimate(self, vector: np.ndarray, allowed: np.ndarray | None, query_id: str | None) -> dict | None:
+        """Mean and SD of the EF of the EF_ESTIMATE_K nearest videos, the query's own video and (when known) its
+        patient's videos left out, so a stored query never votes for itself; None without labels."""
+        if self.target != "videos":
+            return None
+        own = self._row_of_id.get(query_id) if query_id is not None else None
+        left_out, exclude = "nothing (the query is not a stored video)", NO_ROWS
+        if own is not None:
+            patient = self.meta[int(self._positions(np.array([own]))[0])][0]
+            if patient is not None:
+                exclude = self._rows_by_patient[patient]
+                left_out = "the query's video and its patient's other videos"
+            else:
+                exclude, left_out = np.array([own], dtype=np.int64), "the query's video"
+        _, rows = self._neighbours(vector, EF_ESTIMATE_K, allowed, exclude)
+        ef = self.columns.index("ef")
+        values = [float(v) for p in self._positions(rows).tolist() if (v := self.meta[p][ef]) is not None]
+        if not values:
+            return None
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values), "k": EF_ESTIMATE_K, "left_out": left_out}
+
+    @cached_property
+    def _rows_by_patient(self) -> dict[str, np.ndarray]:
+        """patient -> sorted rows of its videos (from the metadata in memory)."""
+        groups: dict[str, list[int]] = {}
+        for row, meta in zip(self.rows.tolist(), self.meta):
+            if meta[0] is not None:
+                groups.setdefault(meta[0], []).append(row)
+        return {p: np.array(r, dtype=np.int64) for p, r in groups.items()}
 
     def _rows_of(self, ids) -> np.ndarray:
         """Rows of the given ids of this vector set (ids it does not hold are ignored), from the map in memory."""
@@ -545,16 +571,6 @@ def _provenance(info: dict, sidecar: dict) -> dict:
         "created_at": str(info.get("created_at")), "random_init": info["weights_sha256"] == RANDOM_INIT,
         "index": {k: sidecar.get(k) for k in ("factory", "n", "recall_at_10", "search_params", "fingerprint", "created")},
     }
-
-
-def _ef_estimate(hits: list[Hit]) -> dict | None:
-    """Mean and spread (population SD) of the neighbours' EF labels, EchoPrime-style; None without labels."""
-    values = [float(h.metadata["ef"]) for h in hits if h.metadata.get("ef") is not None]
-    if not values:
-        return None
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values)}
 
 
 def _drop_excluded(scores: np.ndarray, rows: np.ndarray, exclude: np.ndarray | None,

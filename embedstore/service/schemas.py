@@ -146,6 +146,8 @@ class EfEstimate(BaseModel):
     mean: float
     std: float
     n: int
+    k: int | None = Field(None, description="neighbours searched for the estimate (independent of the hits shown)")
+    left_out: str | None = Field(None, description="what the estimate leaves out: the query's video and patient")
 
 
 class SearchResponse(BaseModel):

@@ -33,7 +33,8 @@ from starlette.requests import Request
 
 import embedstore
 from embedstore.errors import BadInput, Busy, EmbedstoreError, NotFound, TooLarge, VideoError
-from embedstore.index.search import RANDOM_INIT, Searcher
+from embedstore.encoders.provenance import RANDOM_INIT
+from embedstore.index.search import Searcher
 from embedstore.index.similar import calibration, similar
 from embedstore.service.schemas import BatchSearchRequest, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest
 from embedstore.service.settings import Settings

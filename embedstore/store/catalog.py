@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS encoders (
 CREATE TABLE IF NOT EXISTS embeddings (
     encoder VARCHAR, target VARCHAR, item_id VARCHAR, "row" BIGINT, run_id VARCHAR, created_at TIMESTAMP,
     PRIMARY KEY (encoder, target, item_id));
+CREATE TABLE IF NOT EXISTS declared (
+    video_id VARCHAR PRIMARY KEY, fps DOUBLE, n_frames INTEGER, height INTEGER, width INTEGER);
+CREATE TABLE IF NOT EXISTS tracings (
+    video_id VARCHAR PRIMARY KEY, ed_frame INTEGER, es_frame INTEGER, ed JSON, es JSON);
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, command VARCHAR, args JSON, started_at TIMESTAMP, finished_at TIMESTAMP,
     status VARCHAR, added INTEGER, failed INTEGER, failures JSON, pid INTEGER, host VARCHAR);
@@ -159,6 +163,42 @@ class Catalog:
             self._link_people(rows)
         return n
 
+    def set_declared(self, rows: list[dict]) -> int:
+        """Frame rate, frame count and size a list (FileList.csv) declares, kept beside the decoded ones."""
+        rows = [r for r in rows if any(r.get(c) is not None for c in ("fps", "n_frames", "height", "width"))]
+        if rows:
+            with self.transaction():
+                self._insert("declared", {c: [r.get(c) for r in rows] for c in ("video_id", "fps", "n_frames", "height",
+                                                                                  "width")}, replace=True)
+        return len(rows)
+
+    def set_tracings(self, rows: list[dict]) -> int:
+        """ED/ES frames and traced LV outlines (VolumeTracings.csv) of known videos; a re-import replaces them."""
+        if rows:
+            with self.transaction():
+                self._insert("tracings", {"video_id": [r["video_id"] for r in rows],
+                                          "ed_frame": [r["ed_frame"] for r in rows], "es_frame": [r["es_frame"] for r in rows],
+                                          "ed": [json.dumps(r["ed"]) for r in rows], "es": [json.dumps(r["es"]) for r in rows]},
+                             replace=True)
+        return len(rows)
+
+    def tracing(self, video_id: str) -> dict | None:
+        """{ed_frame, es_frame, ed, es} of one video ([[x1, y1, x2, y2], ...], long axis first), or None."""
+        if not self._has_table("tracings"):  # a store written before tracings were imported, opened read-only
+            return None
+        rows = self.query_dicts("SELECT ed_frame, es_frame, ed, es FROM tracings WHERE video_id = ?", [video_id])
+        return {**rows[0], "ed": json.loads(rows[0]["ed"]), "es": json.loads(rows[0]["es"])} if rows else None
+
+    def declared(self, video_id: str) -> dict | None:
+        """What the list declared for one video (fps, n_frames, height, width), or None."""
+        if not self._has_table("declared"):
+            return None
+        rows = self.query_dicts("SELECT fps, n_frames, height, width FROM declared WHERE video_id = ?", [video_id])
+        return rows[0] if rows else None
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self.query("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [name]))
+
     def _link_people(self, rows: list[dict]) -> None:
         patients = sorted({r["patient_id"] for r in rows if r.get("patient_id")})
         studies = sorted({(r["study_id"], r.get("patient_id")) for r in rows if r.get("study_id")})
@@ -168,7 +208,7 @@ class Catalog:
             self._insert("studies", {"study_id": [s[0] for s in studies], "patient_id": [s[1] for s in studies]},
                          ignore=True)
 
-    def _insert(self, table: str, columns: dict[str, list], ignore: bool = False) -> None:
+    def _insert(self, table: str, columns: dict[str, list], ignore: bool = False, replace: bool = False) -> None:
         """One INSERT ... SELECT from an Arrow table: executemany costs DuckDB milliseconds a row."""
         import pyarrow as pa
 
@@ -176,7 +216,8 @@ class Catalog:
         self.con.register(name, pa.table(columns))
         cols = ", ".join(f'"{c}"' for c in columns)
         try:
-            self.con.execute(f"INSERT {'OR IGNORE ' if ignore else ''}INTO {table} ({cols}) SELECT {cols} FROM {name}")
+            mode = "OR IGNORE " if ignore else "OR REPLACE " if replace else ""
+            self.con.execute(f"INSERT {mode}INTO {table} ({cols}) SELECT {cols} FROM {name}")
         finally:
             self.con.unregister(name)
 

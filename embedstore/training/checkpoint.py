@@ -3,8 +3,9 @@
 - `OUT.epoch<N>`: after epoch N: model, optimizer, grad scaler, history, best VAL AUC and epoch,
   torch RNG states and the recipe. Only the latest and the best epoch are kept (each is about three
   times the model's size, with Adam's moments).
-- `OUT`: the best epoch's weights as a plain state dict in the released wrapper layout
-  (`preloaded_model.*`, `new_layer1.*`), so `encode --encoder r3d --weights OUT` loads it.
+- `OUT`: the best epoch's weights in the released wrapper layout (`preloaded_model.*`, `new_layer1.*`)
+  under {"state_dict": ..., "input_scale": "0-255"}, so `encode --encoder r3d --weights OUT` loads it
+  and feeds it the scale it was trained with.
 - `<OUT without suffix>.metrics.json`: what the run measured and how it was set up.
 Every file is written to a temporary name and renamed, so a killed run never leaves half a file.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from embedstore.encoders.r3d import SCALE_KEY
 from embedstore.errors import BadInput, Conflict, NotFound
 
 FORMAT = "embedstore-train-r3d/1"
@@ -72,10 +74,10 @@ def save_epoch(out: Path, state: dict, keep: set[int]) -> Path:
     return path
 
 
-def save_weights(model: torch.nn.Module, out: Path) -> None:
-    """The released wrapper layout: a plain state dict, float32 on the CPU."""
+def save_weights(model: torch.nn.Module, out: Path, input_scale: str) -> None:
+    """The released wrapper layout, float32 on the CPU, with the input scale it was trained on."""
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
-    _atomic(lambda tmp: torch.save(state, tmp), out)
+    _atomic(lambda tmp: torch.save({"state_dict": state, SCALE_KEY: input_scale}, tmp), out)
 
 
 def save_metrics(out: Path, metrics: dict) -> Path:

@@ -1,6 +1,7 @@
 """`embedstore train r3d`: fine-tune r3d_18 as a binary classifier of a store's label, the R3D paper's way.
 
-TRAIN videos train (Adam, BCE-with-logits, gradients accumulated over `accumulate` batches), VAL
+TRAIN videos train (Adam, BCE-with-logits, gradients of the videos' losses summed over `accumulate`
+batches, as the authors), VAL
 picks the epoch (best AUC), TEST gets the final metrics of that epoch. Videos are decoded and
 prepared ahead of the model in threads (encode.prepared_stream, with the `r3d` encoder's preparer).
 On CUDA the forward runs under autocast (bf16, or fp16 with a gradient scaler); on CPU in float32.
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import embedstore
+from embedstore.analysis.metrics import accuracy_threshold, youden_threshold
 from embedstore.encode import prepared_stream
 from embedstore.encoders.weights import sha256_file
 from embedstore.progress import bar
@@ -115,9 +117,11 @@ class Trainer:
         x, y = self._tensors(batch)
         with self.encoder.autocast():
             logits = self.model(self.encoder.normalise(x))
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-        self.scaler.scale(loss / self.cfg.accumulate).backward()
-        return float(loss.detach())
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="sum")
+        # Summed over the accumulation window, as the authors (each video's loss added, never divided by the
+        # window: averaging would make Adam's coupled L2 weight decay `accumulate` times stronger).
+        self.scaler.scale(loss).backward()
+        return float(loss.detach()) / len(batch)
 
     def _step(self) -> None:
         self.scaler.step(self.optimizer)
@@ -125,8 +129,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     # -- evaluation -----------------------------------------------------------------------------
-    def _evaluate(self, split: str, examples: list[Example]) -> dict | None:
-        """Metrics of whole videos (no clip: what `encode` will see); None when the split is empty."""
+    def _evaluate(self, split: str, examples: list[Example], threshold: float | None = None,
+                  youden: float | None = None) -> dict | None:
+        """Metrics of whole videos (no clip: what `encode` will see) at `threshold` (TEST: VAL's), or at the
+        threshold that maximises this split's accuracy (VAL) with Youden's J beside it; None for an empty split."""
         if not examples:
             return None
         labels, probs = [], []
@@ -139,8 +145,14 @@ class Trainer:
                 probs.extend(torch.sigmoid(logits.float()).cpu().tolist())
                 labels.extend(y.cpu().tolist())
                 pbar.update(len(batch))
-            metrics = binary_metrics(np.array(labels), np.array(probs))
-            pbar.set_postfix(auc=metrics["auc"])
+        labels, probs = np.array(labels), np.array(probs)
+        both = 0 < labels.sum() < len(labels)
+        if threshold is None and both:
+            threshold, youden = accuracy_threshold(labels, probs), youden_threshold(labels, probs)
+        metrics = binary_metrics(labels, probs, THRESHOLD if threshold is None else threshold)
+        if youden is not None:
+            at = binary_metrics(labels, probs, youden)
+            metrics["at_youden_threshold"] = {k: at[k] for k in ("threshold", "accuracy", "recall", "specificity", "f1")}
         return metrics
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -174,14 +186,17 @@ class Trainer:
         """Reload the best epoch, score TEST, save the weights in the released layout and the metrics."""
         if self.best_epoch != self.epoch:
             self.model.load_state_dict(checkpoint.load(checkpoint.epoch_path(self.out, self.best_epoch))["model"])
-        test = self._evaluate("TEST", cohort.splits["TEST"])
-        checkpoint.save_weights(self.model, self.out)
+        val = next(h["val"] for h in self.history if h["epoch"] == self.best_epoch)
+        youden = (val or {}).get("at_youden_threshold", {}).get("threshold")
+        test = self._evaluate("TEST", cohort.splits["TEST"], val["threshold"] if val else THRESHOLD, youden)
+        checkpoint.save_weights(self.model, self.out, self.encoder.spec["input_scale"])
         metrics = {
             "model": "r3d", "label": cohort.label, "positive_class": f"videos where {cohort.label!r} is true",
-            "threshold": f"{THRESHOLD} on the sigmoid of the logit (accuracy, precision, recall, specificity, F1)",
+            "threshold": "the sigmoid threshold that maximises accuracy on VAL (the paper's rule; "
+                         f"{THRESHOLD} when VAL lacks a class), applied to TEST; Youden's J on VAL in test.at_youden_threshold",
             "counts": cohort.counts(), "recipe": self.cfg.recipe(), "epochs": self.cfg.epochs,
             "init": self.init, "device": self.device, "precision": self.precision,
-            "best_epoch": self.best_epoch, "val": next(h["val"] for h in self.history if h["epoch"] == self.best_epoch),
+            "best_epoch": self.best_epoch, "val": val,
             "test": test, "history": self.history, "checkpoint": str(self.out),
             "checkpoint_sha256": sha256_file(self.out), "metrics_file": str(checkpoint.metrics_path(self.out)),
             "failed": sorted(self._failed), "run_id": self.run.run_id, "package_version": embedstore.__version__,

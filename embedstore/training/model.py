@@ -2,7 +2,8 @@
 
 `preloaded_model` is torchvision's r3d_18 with its Kinetics `fc` (512->400) kept: its output is the
 400-d embedding. `new_layer1` is the Linear(400, 1) head whose logit feeds BCE-with-logits. The
-backbone is the `r3d` encoder's own module, so training normalises inputs exactly as `encode` will.
+backbone is the `r3d` encoder's own module, fed raw 0-255 floats as the authors trained; the saved
+checkpoint records that scale, so `encode` feeds it the same.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from embedstore.config import weights_dir
 from embedstore.encoders import get_encoder
-from embedstore.encoders.r3d import R3D
+from embedstore.encoders.r3d import R3D, RAW
 from embedstore.encoders.weights import KINETICS_FETCH, WEIGHTS, torch_hub_checkpoints
 from embedstore.errors import WeightsNotFound
 
@@ -52,10 +53,12 @@ def build(init: str, device: str, seed: int) -> tuple[R3D, R3DClassifier, dict]:
     is not reused: the new head is always freshly initialised from `seed`).
     """
     torch.manual_seed(seed)
+    # raw 0-255 input whatever the init, as the authors trained (also from Kinetics): the checkpoint records it
     if init == "random":
-        encoder = get_encoder("r3d", random_init=True, device=device, seed=seed)
+        encoder = get_encoder("r3d", random_init=True, device=device, seed=seed, scale=RAW)
     else:
-        encoder = get_encoder("r3d", weights=kinetics_weights() if init == "kinetics" else Path(init), device=device)
+        encoder = get_encoder("r3d", weights=kinetics_weights() if init == "kinetics" else Path(init), device=device,
+                              scale=RAW)
     prov = encoder.provenance()
     model = R3DClassifier(encoder.model).to(encoder.device)
     return encoder, model, {"init": init, "weights": prov["weights"], "weights_sha256": prov["weights_sha256"]}

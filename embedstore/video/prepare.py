@@ -19,8 +19,8 @@ def sample_period(frames: np.ndarray, period: int = 1, length: int | None = None
 
 
 def sample_even(frames: np.ndarray, n: int) -> np.ndarray:
-    """`n` frames spread evenly over the whole video (VideoMAE/EchoVisionFM: linspace, rounded)."""
-    idx = np.linspace(0, len(frames) - 1, n).round().astype(int)
+    """`n` frames spread evenly over the whole video (VideoMAE/EchoVisionFM: linspace, truncated toward zero)."""
+    idx = np.linspace(0, len(frames) - 1, n).astype(int)
     return frames[idx]
 
 
@@ -33,16 +33,23 @@ def center_crop_square(frames: np.ndarray) -> np.ndarray:
 
 
 def zoom_center(frames: np.ndarray, keep: float = 0.8) -> np.ndarray:
-    """Keep the central `keep` fraction of height and width (EchoCLIP removes 10% per side)."""
+    """Keep the central `keep` fraction of height and width (EchoCLIP removes 10% per side).
+
+    The trim per side is int(side x 0.1), truncated as the authors' code does (not rounded).
+    """
     _, h, w, _ = frames.shape
-    dh, dw = int(round(h * (1 - keep) / 2)), int(round(w * (1 - keep) / 2))
+    trim = round((1 - keep) / 2, 6)  # 0.1, not 0.0999...: int(110 x 0.0999...) would trim 10, not 11
+    dh, dw = int(h * trim), int(w * trim)
     return frames[:, dh : h - dh, dw : w - dw]
 
 
-def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear", antialias: bool = True):
+def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear"):
     """uint8 [T, H, W, 3] -> float32 tensor [T, 3, h, w] on 0-255, resized with torch.
 
-    antialias=False with mode bicubic is OpenCV's INTER_CUBIC (a = -0.75), which EchoPrime uses."""
+    bilinear is antialiased (PIL-like); bicubic is the cubic-convolution kernel with a = -0.75 and no
+    antialiasing, i.e. OpenCV's INTER_CUBIC that EchoCLIP and EchoPrime use (torch's antialiased
+    bicubic is PIL's a = -0.5 kernel and differs by up to 15 grey levels).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -50,7 +57,7 @@ def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinea
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     if x.shape[-2:] != (h, w):
         kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        x = F.interpolate(x, size=(h, w), mode=mode, antialias=antialias and mode in ("bilinear", "bicubic"), **kwargs)
+        x = F.interpolate(x, size=(h, w), mode=mode, antialias=mode == "bilinear", **kwargs)
         x = x.clamp_(0, 255)
     return x
 
@@ -84,8 +91,7 @@ def apply_mask(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return frames * mask[None, :, :, None].astype(frames.dtype)
 
 
-def resize_uint8(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear", chunk: int = 64,
-                 antialias: bool = True) -> np.ndarray:
+def resize_uint8(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear", chunk: int = 64) -> np.ndarray:
     """uint8 [T, H, W, 3] -> uint8 numpy [T, 3, h, w], resized `chunk` frames at a time.
 
     Why: encoders' preparers run in reader workers ahead of the model; rounding back to uint8 (as
@@ -94,7 +100,7 @@ def resize_uint8(frames: np.ndarray, size: int | tuple[int, int], mode: str = "b
     """
     import torch
 
-    parts = [resize(frames[i : i + chunk], size, mode, antialias).round_().to(torch.uint8).numpy() for i in range(0, len(frames), chunk)]
+    parts = [resize(frames[i : i + chunk], size, mode).round_().to(torch.uint8).numpy() for i in range(0, len(frames), chunk)]
     return np.concatenate(parts) if parts else np.zeros((0, 3, *_hw(size)), dtype=np.uint8)
 
 
