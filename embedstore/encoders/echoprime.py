@@ -94,6 +94,9 @@ class EchoPrime(Encoder):
         "licence": WEIGHTS["echoprime"].licence,  # recorded with the vectors (provenance)
     }
     # batch_size 4: one clip is 16x224x224 through a video transformer
+    card = {"input_scale": "raw 0-255, minus EchoPrime's mean, over its std (per channel); zeros padded after",
+            "frames": "frames 0, 2, ..., 30 of the first 32 (zero-padded to 32): 16",
+            "resize": "centre square crop, int(0.1 x side) trimmed per side, bicubic a=-0.75 no antialias to 224"}
     defaults = {**Encoder.defaults, "batch_size": 4}
 
     def _load(self, resolved: Resolved | None):

@@ -36,6 +36,8 @@ class EchoPrimeText(Encoder):
         "licence": WEIGHTS["echoprime-text"].licence,  # recorded with the vectors (provenance)
     }
     # bert: folder with the BiomedBERT config.json and vocab.txt (else $EMBEDSTORE_BIOMEDBERT, else the hub cache)
+    card = {"input_scale": "text: BiomedBERT tokens, padded or cut to 512", "frames": "none (reports)",
+            "resize": "none"}
     defaults = {**Encoder.defaults, "batch_size": 8, "bert": None}
 
     def _load(self, resolved: Resolved | None):

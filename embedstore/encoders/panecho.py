@@ -141,6 +141,9 @@ class PanEcho(Encoder):
         "pooling": "mean over time of the transformer output; mean over the clips",
         "licence": WEIGHTS["panecho"].licence,  # recorded with the vectors (provenance)
     }
+    card = {"input_scale": "0-1, ImageNet mean/std; BGR as OpenCV reads (the authors)",
+            "frames": "4 clips of 16 consecutive frames spread over the video, averaged",
+            "resize": "short side to 224 when smaller, centre crop 224"}
     defaults = {**Encoder.defaults, "batch_size": 2}
 
     def _load(self, resolved: Resolved | None):
