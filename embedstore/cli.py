@@ -191,11 +191,11 @@ def index_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Build the FAISS index of an encoder's vectors and measure its recall@10 against exact search."""
-    from embedstore.index import build_index
+    from embedstore.index.build import index_store
     from embedstore.store import open_store
 
-    with open_store(store, read_only=True) as st:
-        side = build_index(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall)
+    with open_store(store, read_only=True, write_derived=True) as st:
+        side = index_store(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall)
     if as_json:
         emit(side, True)
         return
@@ -279,6 +279,30 @@ def similar(
     typer.echo(f"cosine {out['cosine']:.4f}")
     typer.echo(f"same-patient probability {p:.3f} (logistic calibration on {cal['n_pairs']} labelled pairs, AUC {cal['auc']:.3f})"
                if p is not None else f"same-patient probability: - ({cal['method']})")
+
+
+@command()
+def delete(
+    store: StoreOpt = None,
+    patient: Annotated[Optional[str], typer.Option(help="pseudonymised patient id, as the catalog shows it")] = None,
+    study: Annotated[Optional[str], typer.Option(help="pseudonymised study id")] = None,
+    video: Annotated[Optional[str], typer.Option(help="one video id")] = None,
+    where: Annotated[Optional[str], typer.Option(help="DuckDB filter over the videos table, as `search --where`")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be erased; change nothing")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Erase a patient's (study's, video's) videos, reports, labels and vectors, from indexes and views too; logged without PHI."""
+    from embedstore.store import open_store
+    from embedstore.store.erase import erase
+
+    with open_store(store) as st:
+        out = erase(st, patient=patient, study=study, video=video, where=where, dry_run=dry_run)
+    if as_json:
+        emit(out, True)
+        return
+    c = out["counts"]
+    typer.echo(f"{'would erase' if dry_run else 'erased'} {c['videos']} videos, {c['reports']} reports, {c['vectors']} vectors"
+               + (f" (log {out['erasure_id']}; `embedstore compact` reclaims the space)" if out["erasure_id"] else ""))
 
 
 from enum import Enum  # noqa: E402  (appended section: `train`)
@@ -409,7 +433,7 @@ def view_cmd(
     from embedstore.analysis.views import make_view
     from embedstore.store import open_store
 
-    with open_store(store, read_only=True) as st:
+    with open_store(store, read_only=True, write_derived=True) as st:
         out_info = make_view(st, encoder, method, color=color, png=out, html=html, seed=seed, recompute=recompute)
     if out_info["random_init"]:
         typer.echo(f"WARNING: {encoder} vectors are random-init: the map shows a random network's view", err=True)

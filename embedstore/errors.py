@@ -61,3 +61,15 @@ class Busy(EmbedstoreError):
     """The service is at capacity; the client should retry later."""
 
     status, code = 503, "busy"
+
+
+class Locked(EmbedstoreError):
+    """Another process holds the store in a way that excludes this open (a writer, or readers for a writer)."""
+
+    status, code = 409, "locked"
+
+
+class DiskFull(EmbedstoreError):
+    """A write ran out of space (or hit a read-only folder); what was being written was left out whole."""
+
+    status, code = 507, "disk_full"

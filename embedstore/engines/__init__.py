@@ -11,6 +11,7 @@ import importlib.util
 from embedstore.encode import EncodeSummary, encode_store
 from embedstore.encoders import Encoder
 from embedstore.errors import BadInput
+from embedstore.index.build import refresh
 from embedstore.store import Store
 
 ENGINES = ("local", "ray")
@@ -20,6 +21,13 @@ def encode_with(engine: str, store: Store, encoder: Encoder, batch_size: int = 8
                 target: str = "videos", progress: bool = True, ray_address: str | None = None,
                 gpus_per_worker: float = 1.0, cpus_per_decode: float = 1.0) -> EncodeSummary:
     """Run `encode` on the chosen engine (`workers` is the local engine's, the rest the ray engine's)."""
+    summary = _run(engine, store, encoder, batch_size, workers, target, progress, ray_address, gpus_per_worker, cpus_per_decode)
+    refresh(store, encoder.name, target)  # a writer refreshes the index, so readers never write
+    return summary
+
+
+def _run(engine: str, store: Store, encoder: Encoder, batch_size: int, workers: int, target: str, progress: bool,
+         ray_address: str | None, gpus_per_worker: float, cpus_per_decode: float) -> EncodeSummary:
     if engine == "local":
         return encode_store(store, encoder, batch_size=batch_size, workers=workers, target=target, progress=progress)
     if engine != "ray":

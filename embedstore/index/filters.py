@@ -41,6 +41,17 @@ def allowed_rows(store: Store, encoder: str, target: str, where: str) -> np.ndar
     return np.sort(np.asarray(rows, dtype=np.int64))
 
 
+def matching_ids(store: Store, target: str, where: str) -> list[str]:
+    """Ids of the `target` catalog rows that satisfy `where`, embedded or not (erasure by --where)."""
+    table, key = TABLES[target]
+    with store.catalog.con.cursor() as con:
+        try:
+            found = con.table(table).filter(parse_where(where)).select(key).fetchall()
+        except duckdb.Error as exc:
+            raise BadInput(f"--where {where!r}: {first_line(exc)}") from None
+    return sorted(r[0] for r in found)
+
+
 def first_line(exc: Exception) -> str:
     """DuckDB's message without its class prefix, candidate lists and FROM-clause jargon."""
     line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

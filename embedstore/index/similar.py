@@ -52,17 +52,31 @@ def probability(cal: dict, cosine: float) -> float | None:
     return round(1.0 / (1.0 + math.exp(-z)), 4)
 
 
+def calibration_path(store: Store, encoder: str) -> Path:
+    return store.indexes_dir / f"{encoder}.same-patient.json"
+
+
 def calibration(store: Store, encoder: str) -> dict:
-    """The cached fit for the store's current vectors, refitted when the fingerprint changed."""
-    path = store.indexes_dir / f"{encoder}.same-patient.json"
+    """The fit for the store's current vectors: from memory, else the cached file, else fitted now.
+
+    A fit made now is written only by a store that may write derived files (`index`, `encode`);
+    a reader (search, serve, similar) keeps it in memory for its lifetime and writes nothing.
+    """
     fingerprint = store.catalog.fingerprint(encoder, "videos")
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("fingerprint") == fingerprint:
-            return cached
-    cal = {**fit_calibration(store, encoder), "fingerprint": fingerprint,
-           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_json_atomic(path, cal)
+    memo = store.memo.get(("calibration", encoder))
+    if memo is not None and memo["fingerprint"] == fingerprint:
+        return memo
+    path = calibration_path(store, encoder)
+    try:
+        cal = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or a damaged copy: fit again
+        cal = {}
+    if cal.get("fingerprint") != fingerprint:
+        cal = {**fit_calibration(store, encoder), "fingerprint": fingerprint,
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if store.writes_derived:
+            write_json_atomic(path, cal)
+    store.memo[("calibration", encoder)] = cal
     return cal
 
 

@@ -292,11 +292,8 @@ class ServiceState:
                 self.searcher(s["encoder"], s["target"])
             except EmbedstoreError as exc:
                 log.warning("not searchable: %s/%s: %s", s["encoder"], s["target"], exc.message)
-            if s["target"] == "videos":
-                try:
-                    calibration(self.store, s["encoder"])
-                except OSError as exc:  # a read-only folder: /similarity computes it per request instead
-                    log.warning("same-patient calibration of %s not cached: %s", s["encoder"], exc)
+            if s["target"] == "videos":  # fitted here if `index` has not: kept in memory, never written
+                calibration(self.store, s["encoder"])
 
     def close(self) -> None:
         self.pool.close()

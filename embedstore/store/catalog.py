@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import duckdb
 
 from embedstore.errors import BadInput, Conflict
+from embedstore.store.holders import locked_error
 
 SCHEMA_VERSION = "1"
 
@@ -44,6 +45,9 @@ CREATE TABLE IF NOT EXISTS embeddings (
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, command VARCHAR, args JSON, started_at TIMESTAMP, finished_at TIMESTAMP,
     status VARCHAR, added INTEGER, failed INTEGER, failures JSON);
+CREATE TABLE IF NOT EXISTS erasures (
+    erasure_id VARCHAR PRIMARY KEY, erased_at TIMESTAMP, selector VARCHAR, counts JSON, hashed_ids JSON,
+    pending JSON, status VARCHAR, finished_at TIMESTAMP);
 """
 
 
@@ -59,7 +63,13 @@ class Catalog:
         self.read_only = read_only
         # Read-only catalogs serve user filters (--where, REST): no file or network access from SQL.
         config = {"enable_external_access": False} if read_only else {}
-        self._base = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        try:
+            self._base = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            locked = locked_error(self.path.parent, exc, read_only)
+            if locked is None:
+                raise
+            raise locked from None
         self._local = threading.local()
         self._local.con = self._base  # the opening thread uses the connection itself
         self._cursors: list[duckdb.DuckDBPyConnection] = []
@@ -270,6 +280,84 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         tables = ["videos", "patients", "studies", "reports", "embeddings", "encoders", "runs"]
         return {t: int(self.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
+
+
+# -- erasure (store/erase.py) ---------------------------------------------------------------------
+ERASE_BY = {"patient": "patient_id", "study": "study_id", "video": "video_id"}
+
+
+def erasure_items(catalog: Catalog, kind: str, value: str, video_ids: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(video ids, report ids) that `--patient/--study/--video value` names (or the given video ids, for --where).
+
+    A report goes with an erased video, and with an erased patient or study even when it names no video."""
+    if video_ids is None:
+        video_ids = [r[0] for r in catalog.query(f"SELECT video_id FROM videos WHERE {ERASE_BY[kind]} = ? ORDER BY 1", [value])]
+    column = ERASE_BY.get(kind) if kind in ("patient", "study") else None
+    reports = catalog.query(
+        "SELECT report_id FROM reports WHERE video_id IN (SELECT unnest(?))"
+        + (f" OR {column} = ?" if column else "") + " ORDER BY 1",
+        [list(video_ids)] + ([value] if column else []))
+    return list(video_ids), [r[0] for r in reports]
+
+
+def erase_rows(catalog: Catalog, video_ids: list[str], report_ids: list[str], record: dict) -> dict[str, list[int]]:
+    """Delete the items' catalog rows (embeddings, videos, reports, then patients and studies left with nothing)
+    and log the erasure, in one transaction. Returns the vector rows freed, by "encoder/target" (also kept
+    in the log row as `pending` until store/erase.py has scrubbed them)."""
+    with catalog.transaction():
+        freed: dict[str, list[int]] = {}
+        for encoder, target, row in catalog.query(
+                'SELECT encoder, target, "row" FROM embeddings WHERE (target = \'videos\' AND item_id IN (SELECT unnest(?))) '
+                'OR (target = \'reports\' AND item_id IN (SELECT unnest(?))) ORDER BY 1, 2, 3', [video_ids, report_ids]):
+            freed.setdefault(f"{encoder}/{target}", []).append(int(row))
+        people = catalog.query(
+            "SELECT patient_id, study_id FROM videos WHERE video_id IN (SELECT unnest(?)) "
+            "UNION SELECT patient_id, study_id FROM reports WHERE report_id IN (SELECT unnest(?))", [video_ids, report_ids])
+        catalog.con.execute("DELETE FROM embeddings WHERE (target = 'videos' AND item_id IN (SELECT unnest(?))) "
+                            "OR (target = 'reports' AND item_id IN (SELECT unnest(?)))", [video_ids, report_ids])
+        catalog.con.execute("DELETE FROM videos WHERE video_id IN (SELECT unnest(?))", [video_ids])
+        catalog.con.execute("DELETE FROM reports WHERE report_id IN (SELECT unnest(?))", [report_ids])
+        patients = sorted({p for p, _ in people if p is not None})
+        studies = sorted({s for _, s in people if s is not None})
+        catalog.con.execute(
+            "DELETE FROM studies WHERE study_id IN (SELECT unnest(?)) AND study_id NOT IN "
+            "(SELECT study_id FROM videos WHERE study_id IS NOT NULL UNION SELECT study_id FROM reports WHERE study_id IS NOT NULL)",
+            [studies])
+        catalog.con.execute(
+            "DELETE FROM patients WHERE patient_id IN (SELECT unnest(?)) AND patient_id NOT IN "
+            "(SELECT patient_id FROM videos WHERE patient_id IS NOT NULL UNION SELECT patient_id FROM reports "
+            "WHERE patient_id IS NOT NULL)", [patients])
+        counts = {**record["counts"], "patients": len(patients), "studies": len(studies),
+                  "vectors": sum(len(v) for v in freed.values())}
+        catalog.con.execute(
+            "INSERT INTO erasures VALUES (?, ?, ?, ?, ?, ?, 'pending', NULL)",
+            [record["erasure_id"], now(), record["selector"], json.dumps(counts), json.dumps(record["hashed_ids"]),
+             json.dumps(freed)])
+    return freed
+
+
+def pending_erasures(catalog: Catalog) -> list[tuple[str, dict[str, list[int]]]]:
+    """(erasure id, freed rows) of erasures whose vectors, indexes and views are not yet all cleaned."""
+    return [(r[0], json.loads(r[1])) for r in catalog.query(
+        "SELECT erasure_id, pending FROM erasures WHERE status = 'pending' ORDER BY erased_at")]
+
+
+def finish_erasure(catalog: Catalog, erasure_id: str) -> None:
+    with catalog.transaction():
+        catalog.con.execute("UPDATE erasures SET status = 'done', pending = '{}', finished_at = ? WHERE erasure_id = ?",
+                            [now(), erasure_id])
+
+
+def erasure_log(catalog: Catalog) -> list[dict]:
+    rows = catalog.query_dicts("SELECT erasure_id, erased_at, selector, counts, hashed_ids, status, finished_at "
+                               "FROM erasures ORDER BY erased_at")
+    for row in rows:
+        row["counts"], row["hashed_ids"] = json.loads(row["counts"]), json.loads(row["hashed_ids"])
+    return rows
+
+
+def live_rows(catalog: Catalog, encoder: str, target: str) -> set[int]:
+    return {int(r[0]) for r in catalog.query('SELECT "row" FROM embeddings WHERE encoder = ? AND target = ?', [encoder, target])}
 
 
 class _Transaction:

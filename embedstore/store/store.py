@@ -17,6 +17,7 @@ import numpy as np
 from embedstore import config
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.store.catalog import Catalog
+from embedstore.store.holders import forget_writer, record_writer
 from embedstore.store.vectors import VectorFile
 
 TARGETS = ("videos", "reports")
@@ -57,15 +58,30 @@ class Run:
 
 
 class Store:
-    """A self-contained, relocatable store folder."""
+    """A self-contained, relocatable store folder.
 
-    def __init__(self, path: str | Path, read_only: bool = False):
+    Three ways to open it (docs/architecture.md, "Read-only"): a writer (`read_only=False`: catalog,
+    vectors and derived files; alone); a reader (`read_only=True`: writes nothing at all in the folder,
+    shares the store with other readers); a reader that writes derived files (`write_derived=True`:
+    `index` and `view` write indexes/, views/ and the calibration, atomically, beside other readers).
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False, write_derived: bool = False):
         self.path = Path(path)
         self.read_only = read_only
+        self.writes_derived = not read_only or write_derived
+        self.memo: dict = {}  # derived data a reader computed but may not write (e.g. a calibration)
         self.catalog = Catalog(self.path / "catalog.duckdb", read_only=read_only)
         self.vectors = VectorFile(self.path / "vectors.h5")
+        if not read_only:
+            record_writer(self.path)
+            from embedstore.store.erase import finish_pending  # an erasure a crash interrupted is finished first
+
+            finish_pending(self)
 
     def close(self) -> None:
+        if not self.read_only:
+            forget_writer(self.path)
         self.catalog.close()
 
     def __enter__(self) -> "Store":
@@ -219,8 +235,12 @@ class Store:
         return {"path": str(self.path), "counts": counts, "vector_sets": sets, "indexes": indexes, "bytes": size}
 
 
-def open_store(path: str | Path | None = None, create: bool = False, read_only: bool = False) -> Store:
-    """Open the store folder at `path` (default $EMBEDSTORE_HOME); `create` makes a new one."""
+def open_store(path: str | Path | None = None, create: bool = False, read_only: bool = False,
+               write_derived: bool = False) -> Store:
+    """Open the store folder at `path` (default $EMBEDSTORE_HOME); `create` makes a new one.
+
+    read_only: share the store with other readers and write nothing; write_derived (with read_only):
+    also (re)write indexes, views and calibrations."""
     path = Path(path) if path is not None else config.home()
     if not (path / "catalog.duckdb").exists():
         if not create:
@@ -228,4 +248,4 @@ def open_store(path: str | Path | None = None, create: bool = False, read_only: 
         if read_only:
             raise BadInput("cannot create a store read-only")
         path.mkdir(parents=True, exist_ok=True)
-    return Store(path, read_only=read_only)
+    return Store(path, read_only=read_only, write_derived=write_derived)
