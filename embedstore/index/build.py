@@ -26,6 +26,7 @@ from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index import large
 from embedstore.progress import bar
 from embedstore.store import Store
+from embedstore.store.atomic import whole_or_absent
 from embedstore.store.store import TARGETS
 
 FLAT_MAX = 50_000  # below this, exact search is fast enough (~1 ms per 10k vectors per query at 512-d, one core)
@@ -278,8 +279,9 @@ def save_index(store: Store, index: faiss.Index, sidecar: dict) -> dict:
     index_path, sidecar_path = index_paths(store, sidecar["encoder"], sidecar["target"])
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(f"{index_path.name}.tmp{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    _fsync(tmp)
+    with whole_or_absent(tmp, f"the index {index_path.name}"):
+        faiss.write_index(index, str(tmp))
+        _fsync(tmp)
     os.replace(tmp, index_path)
     sidecar = {**sidecar, "index_bytes": index_path.stat().st_size}
     write_json_atomic(sidecar_path, sidecar)
@@ -290,8 +292,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
     """Replace `path` with `data` as JSON in one step (temporary file + os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")  # a name per writer: threads may race
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    _fsync(tmp)
+    with whole_or_absent(tmp, path.name):
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        _fsync(tmp)
     os.replace(tmp, path)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from embedstore import config
 from embedstore.errors import BadInput, Conflict, NotFound
+from embedstore.store.atomic import disk_full, no_space
 from embedstore.store.catalog import Catalog
 from embedstore.store.holders import forget_writer, record_writer
 from embedstore.store.vectors import VectorFile
@@ -171,8 +172,13 @@ class Store:
                 if not keep:
                     return 0
                 new_ids = [ids[i] for i in keep]
-                first = append(arr[keep])
-                self.catalog.add_embeddings(name, target, new_ids, first, run.run_id if run else None)
+                try:  # rows appended past the catalog are dropped by the next writer: the batch is absent
+                    first = append(arr[keep])
+                    self.catalog.add_embeddings(name, target, new_ids, first, run.run_id if run else None)
+                except Exception as exc:
+                    if no_space(exc):
+                        raise disk_full(f"{name} vectors") from None
+                    raise
                 done.update(new_ids)
                 if run is not None:
                     run.added += len(new_ids)
