@@ -305,6 +305,21 @@ def delete(
                + (f" (log {out['erasure_id']}; `embedstore compact` reclaims the space)" if out["erasure_id"] else ""))
 
 
+@command()
+def compact(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """Give back the space of erased vectors: rewrite vectors.h5 densely and rebuild the indexes it renumbers."""
+    from embedstore.store import open_store
+    from embedstore.store.compact import compact as run_compact
+
+    with open_store(store) as st:
+        out = run_compact(st)
+    if as_json:
+        emit(out, True)
+        return
+    typer.echo(f"vectors.h5: {out['rows_before']} rows -> {out['rows_after']}"
+               + (f"; rebuilt the indexes of {', '.join(out['renumbered'])}" if out["renumbered"] else ""))
+
+
 from enum import Enum  # noqa: E402  (appended section: `train`)
 
 from embedstore.training.config import TrainConfig  # noqa: E402  (torch-free: the recipe's defaults)

@@ -175,3 +175,51 @@ def check_consistent(path, before: dict, erased: set[str], finished: bool = Fals
         assert searcher.size == len(present)
         hits = {h.id for h in searcher.search_id(sorted(present)[0], k=len(present) - 1).hits}
     assert hits == present - {sorted(present)[0]}
+
+
+def test_compact_gives_back_erased_rows_and_keeps_every_vector(store):
+    before = snapshot(store)
+    victim = patients(store)[1]
+    assert cli("delete", "--store", str(store), "--patient", victim).exit_code == 0
+    kept = snapshot(store)["vectors"]
+    out = cli("compact", "--store", str(store), "--json")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == {"rows_before": 9, "rows_after": 6, "renumbered": ["r3d/videos"]}
+    with h5py.File(store / "vectors.h5", "r") as fh:
+        assert fh["r3d/videos"].shape[0] == 6 and np.all(np.abs(fh["r3d/videos"][:]).sum(axis=1) > 0)
+    after = snapshot(store)
+    assert after["vectors"].keys() == kept.keys() and len(kept) == 6
+    for item, vector in after["vectors"].items():
+        np.testing.assert_array_equal(vector, before["vectors"][item])
+    with open_store(store, read_only=True) as st:
+        searcher = Searcher(st, "r3d")
+        item = sorted(kept)[0]
+        assert "stale_index" not in searcher.sidecar and searcher.search_id(item, k=1, exclude_self=False).hits[0].id == item
+
+
+def test_compact_killed_after_its_catalog_commit_is_finished_by_the_next_writer(store, monkeypatch):
+    from embedstore.errors import Conflict
+    from embedstore.store import compact as compact_module
+
+    assert cli("delete", "--store", str(store), "--patient", patients(store)[0]).exit_code == 0
+    kept = snapshot(store)["vectors"]
+
+    class Killed(BaseException):
+        """As if killed between the catalog commit and the file move."""
+
+    def crash(*args):
+        raise Killed
+
+    st = open_store(store)
+    monkeypatch.setattr(compact_module.os, "replace", crash)
+    with pytest.raises(Killed):
+        compact_module.compact(st)
+    monkeypatch.undo()
+    st.close()
+    with pytest.raises(Conflict, match="interrupted compaction"):
+        open_store(store, read_only=True)
+    open_store(store).close()  # a writer finishes the move
+    after = snapshot(store)["vectors"]
+    assert after.keys() == kept.keys()
+    for item, vector in after.items():
+        np.testing.assert_array_equal(vector, kept[item])

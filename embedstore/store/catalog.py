@@ -356,6 +356,27 @@ def erasure_log(catalog: Catalog) -> list[dict]:
     return rows
 
 
+def renumber_rows(catalog: Catalog, encoder: str, target: str, item_ids: list[str], new_rows: list[int]) -> None:
+    """Point the items' embeddings at new rows (store/compact.py; the caller holds the transaction)."""
+    import pyarrow as pa
+
+    catalog.con.register("_renumber", pa.table({"item_id": item_ids, "new_row": pa.array(new_rows, pa.int64())}))
+    try:
+        catalog.con.execute('UPDATE embeddings SET "row" = m.new_row FROM _renumber m '
+                            "WHERE embeddings.item_id = m.item_id AND embeddings.encoder = ? AND embeddings.target = ?",
+                            [encoder, target])
+    finally:
+        catalog.con.unregister("_renumber")
+
+
+def delete_meta(catalog: Catalog, key: str) -> None:
+    catalog.con.execute("DELETE FROM meta WHERE key = ?", [key])
+
+
+def vector_sets(catalog: Catalog) -> list[tuple[str, str]]:
+    return catalog.query("SELECT DISTINCT encoder, target FROM embeddings ORDER BY 1, 2")
+
+
 def live_rows(catalog: Catalog, encoder: str, target: str) -> set[int]:
     return {int(r[0]) for r in catalog.query('SELECT "row" FROM embeddings WHERE encoder = ? AND target = ?', [encoder, target])}
 

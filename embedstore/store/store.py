@@ -76,8 +76,11 @@ class Store:
         self.vectors = VectorFile(self.path / "vectors.h5")
         if not read_only:
             record_writer(self.path)
-            from embedstore.store.erase import finish_pending  # an erasure a crash interrupted is finished first
+        from embedstore.store.compact import finish_swap  # work a crash interrupted: finished by writers first
+        from embedstore.store.erase import finish_pending
 
+        finish_swap(self)
+        if not read_only:
             finish_pending(self)
 
     def close(self) -> None:
