@@ -5,8 +5,9 @@ Why these rules:
   so every index uses METRIC_INNER_PRODUCT.
 - FAISS ids are the HDF5 row numbers from the catalog, never insertion positions: results map back
   to metadata through the catalog, and new rows can be appended to an old index without drift.
-- The sidecar JSON records the store fingerprint the index was built from; `load_index` refuses to
-  answer from a stale index: it appends the new rows (every index built here takes ids) or rebuilds.
+- The sidecar JSON records the store fingerprint the index was built from; `load_index` never answers
+  from a stale index: writers append the new rows (every index built here takes ids) or rebuild;
+  readers, which write nothing, search the stored vectors exactly instead (or say which command refreshes).
 - Files are written to a temporary name and moved into place, so a reader never sees half an index.
 See indexes/README.md for the size rule.
 """

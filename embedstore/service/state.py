@@ -286,7 +286,7 @@ class ServiceState:
         self._preload()
 
     def _preload(self) -> None:
-        """Load every index now (a stale one is refreshed here, not in a request) and the same-patient calibration."""
+        """Load every index now (a stale one is replaced by exact search in memory) and the same-patient calibration."""
         for s in self.vector_sets:
             try:
                 self.searcher(s["encoder"], s["target"])
