@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from embedstore.errors import EmbedstoreError
+from embedstore.store.atomic import disk_full, no_space
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Embedding dataset and vector search for echocardiogram videos.")
@@ -31,6 +32,11 @@ def command(*args, **kwargs):
                 return fn(*a, **k)
             except EmbedstoreError as exc:
                 typer.echo(f"error: {exc.message}", err=True)
+                raise typer.Exit(2) from None
+            except Exception as exc:  # a full disk wherever it struck (writes are transactional or atomic)
+                if not no_space(exc):
+                    raise
+                typer.echo(f"error: {disk_full('to the store').message}", err=True)
                 raise typer.Exit(2) from None
 
         return app.command(*args, **kwargs)(wrapper)

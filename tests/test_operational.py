@@ -72,6 +72,7 @@ def test_commands_beside_a_writer_say_which_command_and_pid_hold_the_store(store
 
 
 def test_ingest_beside_serve_names_serve(store, phantom_cohort):
+    first_id_unlocked = first_id(store)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -88,11 +89,24 @@ def test_ingest_beside_serve_names_serve(store, phantom_cohort):
                 time.sleep(0.2)
         out = subprocess.run([sys.executable, "-m", "embedstore", "ingest", str(phantom_cohort), "--store", str(store)],
                              capture_output=True, text=True, timeout=120)
+        erase = cli("delete", "--store", str(store), "--video", first_id_unlocked)
     finally:
         proc.terminate()
         proc.wait(30)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert f"`embedstore serve` (PID {proc.pid}) has store {store} open" in out.stderr, out.stderr
+    assert f"`embedstore serve` (PID {proc.pid})" in one_error_line(erase)  # erasure says the service must stop first
+
+
+def test_encode_refreshes_the_index_so_readers_need_not(store):
+    with open_store(store) as st:  # one video loses its vector, as if it had been ingested after the last encode
+        st.catalog.con.execute("DELETE FROM embeddings WHERE item_id = ?", [sorted(st.catalog.video_ids())[-1]])
+    out = cli("encode", "--store", str(store), "--encoder", "r3d", "--random-init", "--quiet")
+    assert out.exit_code == 0 and "encoded 1 videos" in out.stdout, out.output
+    with open_store(store, read_only=True) as st:
+        side = json.loads(index_paths(st, "r3d")[1].read_text())
+        assert side["fingerprint"] == st.catalog.fingerprint("r3d", "videos") and side["n"] == 9
+        assert json.loads((st.indexes_dir / "r3d.same-patient.json").read_text())["fingerprint"] == side["fingerprint"]
 
 
 # -- damaged index files --------------------------------------------------------------------------
@@ -195,3 +209,30 @@ def test_read_only_store_is_fully_served_by_cli_and_rest(read_only_store):
     assert pair.status_code == 200 and pair.json()["cosine"] > 0.95, pair.text
     assert sorted(p.name for p in path.rglob("*")) == files  # nothing written
     assert np.isfinite(pair.json()["cosine"])
+
+
+def test_full_disk_during_a_vector_batch_leaves_no_half_batch(tmp_path, monkeypatch):
+    import duckdb
+
+    from embedstore.errors import DiskFull
+    from embedstore.store import catalog
+
+    prov = {"encoder": "toy", "dim": 4, "weights": "random-init", "weights_sha256": "random-init",
+            "preprocessing": {}, "package_version": "test"}
+    vectors = np.eye(4, dtype=np.float32)
+    with open_store(tmp_path / "s", create=True) as st:
+        st.add_videos([{"video_id": f"v{i}"} for i in range(4)])
+        st.add_vectors(prov, ["v0", "v1"], vectors[:2])
+
+        def full(*args):
+            raise duckdb.IOException("IO Error: Could not write file \"catalog.duckdb.wal\": No space left on device")
+
+        monkeypatch.setattr(catalog.Catalog, "add_embeddings", full)
+        with pytest.raises(DiskFull, match="no space left on the device while writing toy vectors") as exc:
+            st.add_vectors(prov, ["v2", "v3"], vectors[2:])
+        assert "\n" not in str(exc.value)
+        monkeypatch.undo()
+        assert st.all_vectors("toy")[0] == ["v0", "v1"]
+        st.add_vectors(prov, ["v2", "v3"], vectors[2:])  # the next batch lands where the lost one began
+        ids, got = st.all_vectors("toy")
+    assert ids == ["v0", "v1", "v2", "v3"] and np.array_equal(got, vectors)
