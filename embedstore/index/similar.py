@@ -3,7 +3,8 @@
 Why a calibration: a raw cosine means different things for different encoders (random-init R3D
 vectors sit near 1, EchoCLIP-R's near 0.4 for strangers). A logistic fit of "same patient" on the
 cosine of the store's labelled pairs turns it into a probability for this encoder and this data.
-The fit is cached next to the indexes with the store fingerprint it was made from.
+The fit is cached next to the indexes with the store fingerprint it was made from, written by the
+commands that write (`index`, `encode`); a reader that finds none current fits it and keeps it in memory.
 """
 from __future__ import annotations
 

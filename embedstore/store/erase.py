@@ -83,6 +83,8 @@ def finish_pending(store: Store) -> list[str]:
 
 def clean(store: Store, freed: dict[str, list[int]]) -> None:
     """Zero the freed vector rows, take them out of the indexes, delete calibrations and views of the encoders."""
+    from embedstore.index.similar import calibration_path
+
     encoders = set()
     for name, rows in freed.items():
         encoder, target = name.split("/")
@@ -91,7 +93,7 @@ def clean(store: Store, freed: dict[str, list[int]]) -> None:
         store.vectors.scrub(encoder, target, [r for r in rows if r not in live])
         remove_from_index(store, encoder, target, np.array(sorted(set(rows) - live), dtype=np.int64))
     for encoder in encoders:
-        for path in [store.indexes_dir / f"{encoder}.same-patient.json",
+        for path in [calibration_path(store, encoder),
                      *(store.views_dir.glob(f"{encoder}.*") if store.views_dir.exists() else [])]:
             path.unlink(missing_ok=True)
 

@@ -79,9 +79,13 @@ class Store:
         from embedstore.store.compact import finish_swap  # work a crash interrupted: finished by writers first
         from embedstore.store.erase import finish_pending
 
-        finish_swap(self)
-        if not read_only:
-            finish_pending(self)
+        try:
+            finish_swap(self)
+            if not read_only:
+                finish_pending(self)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if not self.read_only:
