@@ -75,6 +75,9 @@ def test_delete_patient_leaves_no_trace_in_search_export_views_or_index(store, t
         np.testing.assert_array_equal(vector, before["vectors"][item])
     with h5py.File(store / "vectors.h5", "r") as fh:  # the erased numbers are gone from the file
         assert not np.any(fh["r3d/videos"][sorted(rows.values())])
+    files = b"".join(p.read_bytes() for p in store.rglob("*") if p.is_file())
+    for item in gone:  # not a byte of them left anywhere in the store (vectors.h5, the index, views)
+        assert before["vectors"][item].tobytes()[:64] not in files
     with open_store(store, read_only=True) as st:
         assert st.catalog.query("SELECT count(*) FROM patients WHERE patient_id = ?", [victim])[0][0] == 0
         log = st.catalog.query_dicts("SELECT * FROM erasures")
