@@ -11,8 +11,8 @@ Why in this order, and why it survives kill -9:
    atomically; an index that cannot (HNSW, the memory-mapped IVF-PQ) loses its .faiss file, so
    readers search exactly until `embedstore index` rebuilds it; the same-patient calibration and the
    views of the encoders touched are deleted.
-3. The log row is marked done. A killed run leaves it pending; the next `delete` or `compact`
-   finishes it before doing anything else.
+3. The log row is marked done. A killed run leaves it pending; the next writer to open the store
+   (any command that writes) finishes it before doing anything else.
 The log holds counts, HMAC-hashed ids (the store's salt as key) and times, never the ids themselves.
 The space of zeroed rows comes back with `embedstore compact`.
 """
@@ -40,8 +40,7 @@ def erase(store: Store, *, patient: str | None = None, study: str | None = None,
         raise BadInput(f"give exactly one of --patient, --study, --video, --where (got {', '.join(given) or 'none'})")
     if store.read_only:
         raise BadInput("erasure needs the store opened for writing")
-    kind, value = next(iter(given.items()))
-    finished = finish_pending(store) if not dry_run else []
+    kind, value = next(iter(given.items()))  # interrupted erasures were finished when the store opened
     if kind == "where":
         from embedstore.index.filters import matching_ids  # the one --where sandbox (moving to store/expressions.py)
 
@@ -51,11 +50,8 @@ def erase(store: Store, *, patient: str | None = None, study: str | None = None,
     vectors = sum(len(store.catalog.rows_for(e, t, video_ids if t == "videos" else report_ids))
                   for e in _encoders(store) for t in ("videos", "reports"))
     counts = {"videos": len(video_ids), "reports": len(report_ids)}
-    summary = {"selector": kind, "dry_run": dry_run, "counts": {**counts, "vectors": vectors},
-               "finished_pending": finished}
+    summary = {"selector": kind, "dry_run": dry_run, "counts": {**counts, "vectors": vectors}}
     if not video_ids and not report_ids:
-        if finished:
-            return {**summary, "erasure_id": None}
         raise NotFound(f"no videos or reports match --{kind} {value!r}; nothing to erase "
                        f"(--patient and --study take the pseudonymised ids shown by `embedstore search`)")
     if dry_run:
@@ -71,14 +67,11 @@ def erase(store: Store, *, patient: str | None = None, study: str | None = None,
             "counts": {**counts, "vectors": sum(len(r) for r in freed.values())}}
 
 
-def finish_pending(store: Store) -> list[str]:
-    """Clean up after erasures a crash interrupted (their catalog rows are already gone); returns their ids."""
-    done = []
+def finish_pending(store: Store) -> None:
+    """Clean up after erasures a crash interrupted (their catalog rows are already gone)."""
     for erasure_id, freed in cat.pending_erasures(store.catalog):
         clean(store, freed)
         cat.finish_erasure(store.catalog, erasure_id)
-        done.append(erasure_id)
-    return done
 
 
 def clean(store: Store, freed: dict[str, list[int]]) -> None:
