@@ -118,6 +118,18 @@ def test_delete_from_hnsw_drops_the_file_readers_search_exactly_and_index_rebuil
     assert rebuilt.exit_code == 0 and faiss.read_index(str(index_file)).ntotal == 8
 
 
+def test_delete_drops_earlier_run_failures_that_name_the_items(store):
+    victim = sorted(snapshot(store)["owner"])[2]
+    with open_store(store) as st:
+        with st.run("encode", {}) as run:
+            run.fail(victim, f"{victim}.avi: cannot decode frame 3")
+            run.fail("other", "other.avi: cannot decode frame 3")
+    assert cli("delete", "--store", str(store), "--video", victim).exit_code == 0
+    with open_store(store, read_only=True) as st:
+        failures = st.catalog.query("SELECT failed, failures FROM runs WHERE failed > 0")
+    assert [(n, [f["item"] for f in json.loads(text)]) for n, text in failures] == [(1, ["other"])]
+
+
 def test_delete_where_and_one_selector_only(store):
     out = cli("delete", "--store", str(store), "--where", "ef < 0 OR ef > 1000")
     assert out.exit_code == 2 and "nothing to erase" in out.output

@@ -310,6 +310,8 @@ def erase_rows(catalog: Catalog, video_ids: list[str], report_ids: list[str], re
                 'SELECT encoder, target, "row" FROM embeddings WHERE (target = \'videos\' AND item_id IN (SELECT unnest(?))) '
                 'OR (target = \'reports\' AND item_id IN (SELECT unnest(?))) ORDER BY 1, 2, 3', [video_ids, report_ids]):
             freed.setdefault(f"{encoder}/{target}", []).append(int(row))
+        _scrub_failures(catalog, set(video_ids) | set(report_ids) | {r[0] for r in catalog.query(
+            "SELECT source_path FROM videos WHERE video_id IN (SELECT unnest(?)) AND source_path IS NOT NULL", [video_ids])})
         people = catalog.query(
             "SELECT patient_id, study_id FROM videos WHERE video_id IN (SELECT unnest(?)) "
             "UNION SELECT patient_id, study_id FROM reports WHERE report_id IN (SELECT unnest(?))", [video_ids, report_ids])
@@ -334,6 +336,15 @@ def erase_rows(catalog: Catalog, video_ids: list[str], report_ids: list[str], re
             [record["erasure_id"], now(), record["selector"], json.dumps(counts), json.dumps(record["hashed_ids"]),
              json.dumps(freed)])
     return freed
+
+
+def _scrub_failures(catalog: Catalog, names: set[str]) -> None:
+    """Drop the failures of earlier runs that name an erased item (by id or source path) from `runs`."""
+    for run_id, failures in catalog.query("SELECT run_id, failures FROM runs WHERE failed > 0"):
+        kept = [f for f in json.loads(failures or "[]")
+                if f.get("item") not in names and not any(n in str(f.get("error", "")) for n in names)]
+        if len(kept) != len(json.loads(failures or "[]")):
+            catalog.con.execute("UPDATE runs SET failures = ?, failed = ? WHERE run_id = ?", [json.dumps(kept), len(kept), run_id])
 
 
 def pending_erasures(catalog: Catalog) -> list[tuple[str, dict[str, list[int]]]]:
