@@ -308,12 +308,12 @@ def delete(
         return
     c = out["counts"]
     typer.echo(f"{'would erase' if dry_run else 'erased'} {c['videos']} videos, {c['reports']} reports, {c['vectors']} vectors"
-               + (f" (log {out['erasure_id']}; `embedstore compact` reclaims the space)" if out["erasure_id"] else ""))
+               + (f" (log {out['erasure_id']}; run `embedstore compact` to rewrite the files without their bytes)" if out["erasure_id"] else ""))
 
 
 @command()
 def compact(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
-    """Give back the space of erased vectors: rewrite vectors.h5 densely and rebuild the indexes it renumbers."""
+    """After `delete`: rewrite vectors.h5 densely and the catalog afresh (erased bytes leave the disk); rebuild renumbered indexes."""
     from embedstore.store import open_store
     from embedstore.store.compact import compact as run_compact
 

@@ -197,6 +197,7 @@ def test_compact_gives_back_erased_rows_and_keeps_every_vector(store):
     victim = patients(store)[1]
     assert cli("delete", "--store", str(store), "--patient", victim).exit_code == 0
     kept = snapshot(store)["vectors"]
+    assert victim.encode() in (store / "catalog.duckdb").read_bytes()  # DuckDB keeps deleted values in its pages
     out = cli("compact", "--store", str(store), "--json")
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout) == {"rows_before": 9, "rows_after": 6, "renumbered": ["r3d/videos"]}
@@ -204,6 +205,8 @@ def test_compact_gives_back_erased_rows_and_keeps_every_vector(store):
         assert fh["r3d/videos"].shape[0] == 6 and np.all(np.abs(fh["r3d/videos"][:]).sum(axis=1) > 0)
     after = snapshot(store)
     assert after["vectors"].keys() == kept.keys() and len(kept) == 6
+    catalog = (store / "catalog.duckdb").read_bytes()  # the pseudonym is gone from the DuckDB pages too
+    assert victim.encode() not in catalog and not list(store.glob("*.compact"))
     for item, vector in after["vectors"].items():
         np.testing.assert_array_equal(vector, before["vectors"][item])
     with open_store(store, read_only=True) as st:

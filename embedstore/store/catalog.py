@@ -380,6 +380,16 @@ def renumber_rows(catalog: Catalog, encoder: str, target: str, item_ids: list[st
         catalog.con.unregister("_renumber")
 
 
+def copy_database(catalog: Catalog, target: Path) -> None:
+    """Copy every table into a new database file: DuckDB keeps deleted values in its pages until their
+    row group is rewritten, a fresh copy holds only the live rows."""
+    catalog.con.execute("ATTACH ? AS fresh", [str(target)])
+    try:
+        catalog.con.execute(f"COPY FROM DATABASE {catalog.path.stem} TO fresh")
+    finally:
+        catalog.con.execute("DETACH fresh")
+
+
 def delete_meta(catalog: Catalog, key: str) -> None:
     catalog.con.execute("DELETE FROM meta WHERE key = ?", [key])
 

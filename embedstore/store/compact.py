@@ -6,6 +6,8 @@ file is moved into place and the record cleared. A crash before the commit leave
 rows (the aside file is removed next time); after it, the next writer finishes the move
 (`finish_swap`), and a reader refuses the store until one has. Indexes of renumbered sets have
 other FAISS ids, so their files are rebuilt here; views and calibrations see a new fingerprint.
+Last, the catalog is copied into a fresh file and swapped in (DuckDB keeps the values of deleted rows
+in its pages until they are rewritten), so erased ids and pseudonyms leave catalog.duckdb too.
 """
 from __future__ import annotations
 
@@ -76,5 +78,19 @@ def compact(store: Store) -> dict:
         index_file.unlink(missing_ok=True)
         if sidecar.exists():
             load_index(store, encoder, target)
+    rewrite_catalog(store)
     after = sum(len(m) for m in maps.values())
     return {"rows_before": before, "rows_after": after, "renumbered": [f"{e}/{t}" for e, t in renumbered]}
+
+
+def rewrite_catalog(store: Store) -> None:
+    """Swap catalog.duckdb for a fresh copy, so values of deleted rows leave the file (a crash leaves the old one)."""
+    fresh = store.catalog.path.with_name("catalog.duckdb.compact")
+    fresh.unlink(missing_ok=True)
+    with whole_or_absent(fresh, "the compacted catalog.duckdb"):
+        cat.copy_database(store.catalog, fresh)
+        with open(fresh, "rb") as fh:
+            os.fsync(fh.fileno())
+    store.catalog.close()
+    os.replace(fresh, store.catalog.path)
+    store.catalog = cat.Catalog(store.catalog.path)
