@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from embedstore.errors import EmbedstoreError
+from embedstore.store.atomic import disk_full, no_space
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Embedding dataset and vector search for echocardiogram videos.")
@@ -31,6 +32,11 @@ def command(*args, **kwargs):
                 return fn(*a, **k)
             except EmbedstoreError as exc:
                 typer.echo(f"error: {exc.message}", err=True)
+                raise typer.Exit(2) from None
+            except Exception as exc:  # a full disk wherever it struck (writes are transactional or atomic)
+                if not no_space(exc):
+                    raise
+                typer.echo(f"error: {disk_full('to the store').message}", err=True)
                 raise typer.Exit(2) from None
 
         return app.command(*args, **kwargs)(wrapper)
@@ -200,11 +206,11 @@ def index_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Build the FAISS index of an encoder's vectors and measure its recall@10 against exact search."""
-    from embedstore.index import build_index
+    from embedstore.index.build import index_store
     from embedstore.store import open_store
 
-    with open_store(store, read_only=True) as st:
-        side = build_index(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall)
+    with open_store(store, read_only=True, write_derived=True) as st:
+        side = index_store(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall)
     if as_json:
         emit(side, True)
         return
@@ -301,6 +307,45 @@ def similar(
     typer.echo(f"cosine {out['cosine']:.4f}")
     typer.echo(f"same-patient probability {p:.3f} (logistic calibration on {cal['n_pairs']} labelled pairs, AUC {cal['auc']:.3f})"
                if p is not None else f"same-patient probability: - ({cal['method']})")
+
+
+@command()
+def delete(
+    store: StoreOpt = None,
+    patient: Annotated[Optional[str], typer.Option(help="pseudonymised patient id, as the catalog shows it")] = None,
+    study: Annotated[Optional[str], typer.Option(help="pseudonymised study id")] = None,
+    video: Annotated[Optional[str], typer.Option(help="one video id")] = None,
+    where: Annotated[Optional[str], typer.Option(help="DuckDB filter over the videos table, as `search --where`")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be erased; change nothing")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Erase a patient's (study's, video's) videos, reports, labels and vectors, from indexes and views too; logged without PHI."""
+    from embedstore.store import open_store
+    from embedstore.store.erase import erase
+
+    with open_store(store) as st:
+        out = erase(st, patient=patient, study=study, video=video, where=where, dry_run=dry_run)
+    if as_json:
+        emit(out, True)
+        return
+    c = out["counts"]
+    typer.echo(f"{'would erase' if dry_run else 'erased'} {c['videos']} videos, {c['reports']} reports, {c['vectors']} vectors"
+               + (f" (log {out['erasure_id']}; run `embedstore compact` to rewrite the files without their bytes)" if out["erasure_id"] else ""))
+
+
+@command()
+def compact(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """After `delete`: rewrite vectors.h5 densely and the catalog afresh (erased bytes leave the disk); rebuild renumbered indexes."""
+    from embedstore.store import open_store
+    from embedstore.store.compact import compact as run_compact
+
+    with open_store(store) as st:
+        out = run_compact(st)
+    if as_json:
+        emit(out, True)
+        return
+    typer.echo(f"vectors.h5: {out['rows_before']} rows -> {out['rows_after']}"
+               + (f"; rebuilt the indexes of {', '.join(out['renumbered'])}" if out["renumbered"] else ""))
 
 
 from enum import Enum  # noqa: E402  (appended section: `train`)
@@ -432,7 +477,7 @@ def view_cmd(
     from embedstore.analysis.views import make_view
     from embedstore.store import open_store
 
-    with open_store(store, read_only=True) as st:
+    with open_store(store, read_only=True, write_derived=True) as st:
         out_info = make_view(st, encoder, method, color=color, png=out, html=html, seed=seed, recompute=recompute)
     if out_info["random_init"]:
         typer.echo(f"WARNING: {encoder} vectors are random-init: the map shows a random network's view", err=True)

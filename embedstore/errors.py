@@ -67,3 +67,15 @@ class OutOfMemory(EmbedstoreError):
     """The device ran out of memory on one request or batch; the process goes on (the cache is freed)."""
 
     status, code = 503, "out_of_memory"
+
+
+class Locked(EmbedstoreError):
+    """Another process holds the store in a way that excludes this open (a writer, or readers for a writer)."""
+
+    status, code = 409, "locked"
+
+
+class DiskFull(EmbedstoreError):
+    """A write ran out of space (or hit a read-only folder); what was being written was left out whole."""
+
+    status, code = 507, "disk_full"

@@ -100,7 +100,7 @@ def test_new_rows_are_added_without_retraining_and_stay_mapped(built, tmp_path):
         prov = {"encoder": ENCODER, "dim": DIM, "weights": prov["weights"], "weights_sha256": prov["weights_sha256"]}
         store.add_videos([{"video_id": f"new{i}"} for i in range(5)])
         store.add_vectors(prov, [f"new{i}" for i in range(5)], new)
-    with open_store(tmp_path / "s", read_only=True) as store:
+    with open_store(tmp_path / "s", read_only=True, write_derived=True) as store:  # as `embedstore index` refreshes
         index, side = load_index(store, ENCODER)
         assert index.ntotal == side["n"] == N + 5 and side["incremental_adds"] == 5
         assert not faiss.downcast_index(index.refine_index).codes.is_owned

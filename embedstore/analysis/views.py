@@ -20,6 +20,7 @@ import numpy as np
 from embedstore.encoders.provenance import RANDOM_INIT
 from embedstore.errors import BadInput, NotFound
 from embedstore.store import Store
+from embedstore.store.atomic import whole_or_absent
 from embedstore.store.catalog import VIDEO_COLUMNS
 
 METHODS = ("pca", "umap")
@@ -111,7 +112,8 @@ def _write_view(path: Path, ids: list[str], coords: np.ndarray, meta: dict) -> N
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
+    with whole_or_absent(tmp, path.name):
+        pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 

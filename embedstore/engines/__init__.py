@@ -11,6 +11,7 @@ import importlib.util
 from embedstore.encode import EncodeSummary, encode_store
 from embedstore.encoders import Encoder
 from embedstore.errors import BadInput
+from embedstore.index.build import refresh
 from embedstore.store import Store
 
 ENGINES = ("local", "ray")
@@ -21,6 +22,14 @@ def encode_with(engine: str, store: Store, encoder: Encoder, batch_size: int = 8
                 gpus_per_worker: float = 1.0, cpus_per_decode: float = 1.0, device: str = "auto") -> EncodeSummary:
     """Run `encode` on the chosen engine (`workers` is the local engine's, the rest the ray engine's;
     the local engine's device is the encoder's own)."""
+    summary = _run(engine, store, encoder, batch_size, workers, target, progress, ray_address, gpus_per_worker,
+                   cpus_per_decode, device)
+    refresh(store, encoder.name, target)  # a writer refreshes the index, so readers never write
+    return summary
+
+
+def _run(engine: str, store: Store, encoder: Encoder, batch_size: int, workers: int | None, target: str, progress: bool,
+         ray_address: str | None, gpus_per_worker: float, cpus_per_decode: float, device: str) -> EncodeSummary:
     if engine == "local":
         return encode_store(store, encoder, batch_size=batch_size, workers=workers, target=target, progress=progress)
     if engine != "ray":

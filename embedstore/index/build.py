@@ -5,8 +5,9 @@ Why these rules:
   so every index uses METRIC_INNER_PRODUCT.
 - FAISS ids are the HDF5 row numbers from the catalog, never insertion positions: results map back
   to metadata through the catalog, and new rows can be appended to an old index without drift.
-- The sidecar JSON records the store fingerprint the index was built from; `load_index` refuses to
-  answer from a stale index: it appends the new rows (every index built here takes ids) or rebuilds.
+- The sidecar JSON records the store fingerprint the index was built from; `load_index` never answers
+  from a stale index: writers append the new rows (every index built here takes ids) or rebuild;
+  readers, which write nothing, search the stored vectors exactly instead (or say which command refreshes).
 - Files are written to a temporary name and moved into place, so a reader never sees half an index.
 See indexes/README.md for the size rule.
 """
@@ -22,11 +23,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from embedstore.errors import BadInput, NotFound
 from embedstore.devices import faiss_gpus
+from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index import exact, large
 from embedstore.progress import bar
 from embedstore.store import Store
+from embedstore.store.atomic import whole_or_absent
 from embedstore.store.store import TARGETS
 
 FLAT_MAX = 50_000  # below this, exact search is fast enough (~1 ms per 10k vectors per query at 512-d, one core)
@@ -44,6 +46,7 @@ CURVE_TOP = 0.999  # the recorded curve goes on past the target up to this recal
 BATCH = 65_536
 SEED = 0
 METRIC = "inner_product (cosine on L2-normalised vectors)"
+EXACT_FALLBACK_SHARE = 0.25  # a reader with a stale index searches exactly while the vectors fit in this share of memory
 
 
 def index_paths(store: Store, encoder: str, target: str = "videos") -> tuple[Path, Path]:
@@ -197,6 +200,27 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
     return save_index(store, index, sidecar)
 
 
+def index_store(store: Store, encoder: str, target: str = "videos", factory: str | None = None,
+                progress: bool = True, recall_target: float = RECALL_TARGET) -> dict:
+    """`embedstore index`: build the index and, for videos, refit the same-patient calibration readers use."""
+    sidecar = build_index(store, encoder, target, factory=factory, progress=progress, recall_target=recall_target)
+    if target == "videos":
+        from embedstore.index.similar import calibration
+
+        calibration(store, encoder)
+    return sidecar
+
+
+def refresh(store: Store, encoder: str, target: str = "videos") -> None:
+    """After a writer changed the vectors: bring an existing index and calibration up to date, so readers need not."""
+    if index_paths(store, encoder, target)[1].exists():
+        load_index(store, encoder, target)
+        if target == "videos":
+            from embedstore.index.similar import calibration
+
+            calibration(store, encoder)
+
+
 def _train(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray) -> None:
     """Train on a seeded sample of stored vectors (IVF and PQ need it; Flat and HNSW do not)."""
     if index.is_trained:
@@ -322,8 +346,9 @@ def save_index(store: Store, index: faiss.Index, sidecar: dict) -> dict:
     index_path, sidecar_path = index_paths(store, sidecar["encoder"], sidecar["target"])
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(f"{index_path.name}.tmp{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    _fsync(tmp)
+    with whole_or_absent(tmp, f"the index {index_path.name}"):
+        faiss.write_index(index, str(tmp))
+        _fsync(tmp)
     os.replace(tmp, index_path)
     sidecar = {**sidecar, "index_bytes": index_path.stat().st_size}
     write_json_atomic(sidecar_path, sidecar)
@@ -334,8 +359,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
     """Replace `path` with `data` as JSON in one step (temporary file + os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")  # a name per writer: threads may race
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    _fsync(tmp)
+    with whole_or_absent(tmp, path.name):
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        _fsync(tmp)
     os.replace(tmp, path)
 
 
@@ -346,35 +372,87 @@ def _fsync(path: Path) -> None:
 
 
 def read_sidecar(store: Store, encoder: str, target: str = "videos") -> dict:
-    """The sidecar of a built index; NotFound naming the command that builds it."""
+    """The sidecar of a built index; NotFound naming the command that builds it, Conflict when it is damaged."""
     _, sidecar_path = index_paths(store, encoder, target)
     if not sidecar_path.exists():
         raise NotFound(f"no {target} index for encoder '{encoder}' in {store.path}; "
                        f"build it with `{build_command(store, encoder, target)}`")
-    return json.loads(sidecar_path.read_text())
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+        for key in ("n", "fingerprint", "factory"):
+            sidecar[key]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise damaged(store, encoder, target, exc) from None
+    return sidecar
 
 
 def load_index(store: Store, encoder: str, target: str = "videos", progress: bool = False) -> tuple[faiss.Index, dict]:
-    """The index and its sidecar, brought up to date with the catalog first (never answers stale).
+    """The index and its sidecar, never answering from a stale one; only writers write.
 
-    Same fingerprint: as is. New rows after the indexed ones, old ones unchanged: appended and
-    saved. Anything else (rows gone, a half-written file): rebuilt with the same factory rule.
+    Same fingerprint: as is. A store that may write derived files (`store.writes_derived`) brings a
+    stale index up to date (new rows appended, anything else rebuilt) and rebuilds a damaged one.
+    A reader writes nothing: a stale index (or one whose file an erasure removed) is replaced, in
+    memory, by exact search over the stored vectors (the same answers, slower), up to
+    EXACT_FALLBACK_SHARE of available memory; beyond that, and for a damaged index, Conflict names
+    the command that refreshes it.
     """
     store.encoder_info(encoder)
-    sidecar = read_sidecar(store, encoder, target)
     index_path, _ = index_paths(store, encoder, target)
-    index = large.read_index(index_path, sidecar) if index_path.exists() else None
-    if index is not None and index.ntotal == sidecar["n"]:
-        if sidecar["fingerprint"] == store.catalog.fingerprint(encoder, target):
-            return index, sidecar
+    try:
+        sidecar = read_sidecar(store, encoder, target)
+    except Conflict:  # a damaged sidecar: writers rebuild by the size rule, readers say so
+        if not store.writes_derived:
+            raise
+        sidecar = {}
+    try:
+        index = large.read_index(index_path, sidecar) if sidecar and index_path.exists() else None
+        if index is not None and index.ntotal != sidecar["n"]:
+            raise ValueError(f"the file holds {index.ntotal} vectors, its sidecar says {sidecar['n']}")
+    except (RuntimeError, ValueError, KeyError) as exc:
+        if not store.writes_derived:
+            raise damaged(store, encoder, target, exc) from None
+        index = None
+    if index is not None and sidecar["fingerprint"] == store.catalog.fingerprint(encoder, target):
+        return index, sidecar
+    if not store.writes_derived:
+        return exact_in_memory(store, encoder, target, sidecar)
+    if index is not None:
         mapped = large.is_large(sidecar["factory"])  # read-only: rewritten with the new rows, then read again
         updated = (large.append_new_rows if mapped else _append_new_rows)(store, index, sidecar)
         if updated is not None:
             return (large.read_index(index_path, updated) if mapped else index), updated
-    factory = sidecar["factory"] if sidecar.get("factory_given") else None
+    factory = sidecar.get("factory") if sidecar.get("factory_given") else None
     sidecar = build_index(store, encoder, target, factory=factory, progress=progress,
                           recall_target=sidecar.get("recall_target", RECALL_TARGET))
     return large.read_index(index_path, sidecar), sidecar
+
+
+def damaged(store: Store, encoder: str, target: str, exc: Exception) -> Conflict:
+    """The one-line error for an index file or sidecar that cannot be read (a partial copy, a full disk)."""
+    why = ("FAISS cannot read the .faiss file" if isinstance(exc, RuntimeError)
+           else "the sidecar lacks " + str(exc) if isinstance(exc, KeyError)
+           else " ".join(str(exc).split())[:120] or type(exc).__name__)
+    return Conflict(f"the {target} index of {encoder} in {store.path} is damaged ({why}); "
+                    f"rebuild it with `{build_command(store, encoder, target)}`")
+
+
+def exact_in_memory(store: Store, encoder: str, target: str, sidecar: dict) -> tuple[faiss.Index, dict]:
+    """Exact search over the store's current vectors, built in memory for a reader whose index is stale."""
+    dim = int(store.encoder_info(encoder)["dim"])
+    n = len(store.catalog.embedding_map(encoder, target))
+    available = available_memory()
+    if available is not None and n * dim * 4 > EXACT_FALLBACK_SHARE * available:
+        raise Conflict(f"the {target} index of {encoder} in {store.path} is older than the store's vectors and too big "
+                       f"to replace by exact search here; refresh it with `{build_command(store, encoder, target)}`")
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    position = 0
+    rows = np.array([row for _, row in store.catalog.embedding_map(encoder, target)], dtype=np.int64)
+    for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
+        index.add_with_ids(vectors, rows[position : position + len(vectors)])
+        position += len(vectors)
+    return index, {**sidecar, "factory": "Flat", "search_params": {}, "n": int(index.ntotal),
+                   "fingerprint": store.catalog.fingerprint(encoder, target), "recall_at_10": 1.0,
+                   "stale_index": f"answered by exact search; refresh the index with `{build_command(store, encoder, target)}`"}
 
 
 def _append_new_rows(store: Store, index: faiss.Index, sidecar: dict) -> dict | None:

@@ -1,8 +1,8 @@
 """Searcher: a query (vector, stored id, video file, text, report) -> neighbours with their catalog rows.
 
 All search logic lives here so the CLI and the REST service return the same thing
-(`SearchResult.to_dict()`). A Searcher loads its index once (refreshed first if the store gained
-vectors, see index.build.load_index) and a row-aligned copy of the metadata it prints, so a query
+(`SearchResult.to_dict()`). A Searcher loads its index once (never a stale one: a reader searches the
+stored vectors exactly when the index is older than them, see index.build.load_index) and a row-aligned copy of the metadata it prints, so a query
 costs one FAISS call plus a few array lookups. Open the store read-only for searching: DuckDB then
 also keeps writers out for the Searcher's lifetime, so the loaded index cannot go stale under it.
 """

@@ -3,7 +3,8 @@
 Why a calibration: a raw cosine means different things for different encoders (random-init R3D
 vectors sit near 1, EchoCLIP-R's near 0.4 for strangers). A logistic fit of "same patient" on the
 cosine of the store's labelled pairs turns it into a probability for this encoder and this data.
-The fit is cached next to the indexes with the store fingerprint it was made from.
+The fit is cached next to the indexes with the store fingerprint it was made from, written by the
+commands that write (`index`, `encode`); a reader that finds none current fits it and keeps it in memory.
 """
 from __future__ import annotations
 
@@ -52,17 +53,31 @@ def probability(cal: dict, cosine: float) -> float | None:
     return round(1.0 / (1.0 + math.exp(-z)), 4)
 
 
+def calibration_path(store: Store, encoder: str) -> Path:
+    return store.indexes_dir / f"{encoder}.same-patient.json"
+
+
 def calibration(store: Store, encoder: str) -> dict:
-    """The cached fit for the store's current vectors, refitted when the fingerprint changed."""
-    path = store.indexes_dir / f"{encoder}.same-patient.json"
+    """The fit for the store's current vectors: from memory, else the cached file, else fitted now.
+
+    A fit made now is written only by a store that may write derived files (`index`, `encode`);
+    a reader (search, serve, similar) keeps it in memory for its lifetime and writes nothing.
+    """
     fingerprint = store.catalog.fingerprint(encoder, "videos")
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("fingerprint") == fingerprint:
-            return cached
-    cal = {**fit_calibration(store, encoder), "fingerprint": fingerprint,
-           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_json_atomic(path, cal)
+    memo = store.memo.get(("calibration", encoder))
+    if memo is not None and memo["fingerprint"] == fingerprint:
+        return memo
+    path = calibration_path(store, encoder)
+    try:
+        cal = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or a damaged copy: fit again
+        cal = {}
+    if cal.get("fingerprint") != fingerprint:
+        cal = {**fit_calibration(store, encoder), "fingerprint": fingerprint,
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if store.writes_derived:
+            write_json_atomic(path, cal)
+    store.memo[("calibration", encoder)] = cal
     return cal
 
 

@@ -292,17 +292,14 @@ class ServiceState:
         self._preload()
 
     def _preload(self) -> None:
-        """Load every index now (a stale one is refreshed here, not in a request) and the same-patient calibration."""
+        """Load every index now (a stale one is replaced by exact search in memory) and the same-patient calibration."""
         for s in self.vector_sets:
             try:
                 self.searcher(s["encoder"], s["target"])
             except EmbedstoreError as exc:
                 log.warning("not searchable: %s/%s: %s", s["encoder"], s["target"], exc.message)
-            if s["target"] == "videos":
-                try:
-                    calibration(self.store, s["encoder"])
-                except OSError as exc:  # a read-only folder: /similarity computes it per request instead
-                    log.warning("same-patient calibration of %s not cached: %s", s["encoder"], exc)
+            if s["target"] == "videos":  # fitted here if `index` has not: kept in memory, never written
+                calibration(self.store, s["encoder"])
 
     def close(self) -> None:
         self.pool.close()

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import duckdb
 
 from embedstore.errors import BadInput, Conflict
+from embedstore.store.holders import locked_error
 
 SCHEMA_VERSION = "1"
 
@@ -56,6 +57,9 @@ CREATE TABLE IF NOT EXISTS runs (
     status VARCHAR, added INTEGER, failed INTEGER, failures JSON, pid INTEGER, host VARCHAR);
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+CREATE TABLE IF NOT EXISTS erasures (
+    erasure_id VARCHAR PRIMARY KEY, erased_at TIMESTAMP, selector VARCHAR, counts JSON, hashed_ids JSON,
+    pending JSON, status VARCHAR, finished_at TIMESTAMP);
 """
 
 
@@ -71,7 +75,13 @@ class Catalog:
         self.read_only = read_only
         # Read-only catalogs serve user filters (--where, REST): no file or network access from SQL.
         config = {"enable_external_access": False} if read_only else {}
-        self._base = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        try:
+            self._base = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            locked = locked_error(self.path.parent, exc, read_only)
+            if locked is None:
+                raise
+            raise locked from None
         self._local = threading.local()
         self._local.con = self._base  # the opening thread uses the connection itself
         self._cursors: list[duckdb.DuckDBPyConnection] = []
@@ -487,6 +497,126 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: it exists
         return True
     return True
+
+
+# -- erasure (store/erase.py) ---------------------------------------------------------------------
+ERASE_BY = {"patient": "patient_id", "study": "study_id", "video": "video_id"}
+
+
+def erasure_items(catalog: Catalog, kind: str, value: str, video_ids: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(video ids, report ids) that `--patient/--study/--video value` names (or the given video ids, for --where).
+
+    A report goes with an erased video, and with an erased patient or study even when it names no video."""
+    if video_ids is None:
+        video_ids = [r[0] for r in catalog.query(f"SELECT video_id FROM videos WHERE {ERASE_BY[kind]} = ? ORDER BY 1", [value])]
+    column = ERASE_BY.get(kind) if kind in ("patient", "study") else None
+    reports = catalog.query(
+        "SELECT report_id FROM reports WHERE video_id IN (SELECT unnest(?))"
+        + (f" OR {column} = ?" if column else "") + " ORDER BY 1",
+        [list(video_ids)] + ([value] if column else []))
+    return list(video_ids), [r[0] for r in reports]
+
+
+def erase_rows(catalog: Catalog, video_ids: list[str], report_ids: list[str], record: dict) -> dict[str, list[int]]:
+    """Delete the items' catalog rows (embeddings, videos, reports, then patients and studies left with nothing)
+    and log the erasure, in one transaction. Returns the vector rows freed, by "encoder/target" (also kept
+    in the log row as `pending` until store/erase.py has scrubbed them)."""
+    with catalog.transaction():
+        freed: dict[str, list[int]] = {}
+        for encoder, target, row in catalog.query(
+                'SELECT encoder, target, "row" FROM embeddings WHERE (target = \'videos\' AND item_id IN (SELECT unnest(?))) '
+                'OR (target = \'reports\' AND item_id IN (SELECT unnest(?))) ORDER BY 1, 2, 3', [video_ids, report_ids]):
+            freed.setdefault(f"{encoder}/{target}", []).append(int(row))
+        _scrub_failures(catalog, set(video_ids) | set(report_ids) | {r[0] for r in catalog.query(
+            "SELECT source_path FROM videos WHERE video_id IN (SELECT unnest(?)) AND source_path IS NOT NULL", [video_ids])})
+        people = catalog.query(
+            "SELECT patient_id, study_id FROM videos WHERE video_id IN (SELECT unnest(?)) "
+            "UNION SELECT patient_id, study_id FROM reports WHERE report_id IN (SELECT unnest(?))", [video_ids, report_ids])
+        catalog.con.execute("DELETE FROM embeddings WHERE (target = 'videos' AND item_id IN (SELECT unnest(?))) "
+                            "OR (target = 'reports' AND item_id IN (SELECT unnest(?)))", [video_ids, report_ids])
+        catalog.con.execute("DELETE FROM videos WHERE video_id IN (SELECT unnest(?))", [video_ids])
+        catalog.con.execute("DELETE FROM reports WHERE report_id IN (SELECT unnest(?))", [report_ids])
+        patients = sorted({p for p, _ in people if p is not None})
+        studies = sorted({s for _, s in people if s is not None})
+        catalog.con.execute(
+            "DELETE FROM studies WHERE study_id IN (SELECT unnest(?)) AND study_id NOT IN "
+            "(SELECT study_id FROM videos WHERE study_id IS NOT NULL UNION SELECT study_id FROM reports WHERE study_id IS NOT NULL)",
+            [studies])
+        catalog.con.execute(
+            "DELETE FROM patients WHERE patient_id IN (SELECT unnest(?)) AND patient_id NOT IN "
+            "(SELECT patient_id FROM videos WHERE patient_id IS NOT NULL UNION SELECT patient_id FROM reports "
+            "WHERE patient_id IS NOT NULL)", [patients])
+        counts = {**record["counts"], "patients": len(patients), "studies": len(studies),
+                  "vectors": sum(len(v) for v in freed.values())}
+        catalog.con.execute(
+            "INSERT INTO erasures VALUES (?, ?, ?, ?, ?, ?, 'pending', NULL)",
+            [record["erasure_id"], now(), record["selector"], json.dumps(counts), json.dumps(record["hashed_ids"]),
+             json.dumps(freed)])
+    return freed
+
+
+def _scrub_failures(catalog: Catalog, names: set[str]) -> None:
+    """Drop the failures of earlier runs that name an erased item (by id or source path) from `runs`."""
+    for run_id, failures in catalog.query("SELECT run_id, failures FROM runs WHERE failed > 0"):
+        kept = [f for f in json.loads(failures or "[]")
+                if f.get("item") not in names and not any(n in str(f.get("error", "")) for n in names)]
+        if len(kept) != len(json.loads(failures or "[]")):
+            catalog.con.execute("UPDATE runs SET failures = ?, failed = ? WHERE run_id = ?", [json.dumps(kept), len(kept), run_id])
+
+
+def pending_erasures(catalog: Catalog) -> list[tuple[str, dict[str, list[int]]]]:
+    """(erasure id, freed rows) of erasures whose vectors, indexes and views are not yet all cleaned."""
+    return [(r[0], json.loads(r[1])) for r in catalog.query(
+        "SELECT erasure_id, pending FROM erasures WHERE status = 'pending' ORDER BY erased_at")]
+
+
+def finish_erasure(catalog: Catalog, erasure_id: str) -> None:
+    with catalog.transaction():
+        catalog.con.execute("UPDATE erasures SET status = 'done', pending = '{}', finished_at = ? WHERE erasure_id = ?",
+                            [now(), erasure_id])
+
+
+def erasure_log(catalog: Catalog) -> list[dict]:
+    rows = catalog.query_dicts("SELECT erasure_id, erased_at, selector, counts, hashed_ids, status, finished_at "
+                               "FROM erasures ORDER BY erased_at")
+    for row in rows:
+        row["counts"], row["hashed_ids"] = json.loads(row["counts"]), json.loads(row["hashed_ids"])
+    return rows
+
+
+def renumber_rows(catalog: Catalog, encoder: str, target: str, item_ids: list[str], new_rows: list[int]) -> None:
+    """Point the items' embeddings at new rows (store/compact.py; the caller holds the transaction)."""
+    import pyarrow as pa
+
+    catalog.con.register("_renumber", pa.table({"item_id": item_ids, "new_row": pa.array(new_rows, pa.int64())}))
+    try:
+        catalog.con.execute('UPDATE embeddings SET "row" = m.new_row FROM _renumber m '
+                            "WHERE embeddings.item_id = m.item_id AND embeddings.encoder = ? AND embeddings.target = ?",
+                            [encoder, target])
+    finally:
+        catalog.con.unregister("_renumber")
+
+
+def copy_database(catalog: Catalog, target: Path) -> None:
+    """Copy every table into a new database file: DuckDB keeps deleted values in its pages until their
+    row group is rewritten, a fresh copy holds only the live rows."""
+    catalog.con.execute("ATTACH ? AS fresh", [str(target)])
+    try:
+        catalog.con.execute(f"COPY FROM DATABASE {catalog.path.stem} TO fresh")
+    finally:
+        catalog.con.execute("DETACH fresh")
+
+
+def delete_meta(catalog: Catalog, key: str) -> None:
+    catalog.con.execute("DELETE FROM meta WHERE key = ?", [key])
+
+
+def vector_sets(catalog: Catalog) -> list[tuple[str, str]]:
+    return catalog.query("SELECT DISTINCT encoder, target FROM embeddings ORDER BY 1, 2")
+
+
+def live_rows(catalog: Catalog, encoder: str, target: str) -> set[int]:
+    return {int(r[0]) for r in catalog.query('SELECT "row" FROM embeddings WHERE encoder = ? AND target = ?', [encoder, target])}
 
 
 class _Transaction:

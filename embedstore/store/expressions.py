@@ -153,6 +153,19 @@ def deadline(cursor: duckdb.DuckDBPyConnection, seconds: float, what: str) -> It
         timer.cancel()
 
 
+def matching_ids(catalog: Catalog, target: str, where: str, timeout_s: float = FILTER_TIMEOUT_S) -> list[str]:
+    """Sorted ids of the `target` catalog rows that satisfy `where`, embedded or not (erasure by --where)."""
+    checked = check(where, target)
+    with catalog.con.cursor() as cursor, deadline(cursor, timeout_s, f"--where {where!r}"):
+        try:
+            found = cursor.table(TABLES[target]).select(*COLUMNS[target]).filter(checked.expression).select(KEYS[target]).fetchall()
+        except duckdb.InterruptException:
+            raise
+        except duckdb.Error as exc:
+            raise BadInput(f"--where {where!r}: {first_line(exc)} (columns of {target}: {', '.join(COLUMNS[target])})") from None
+    return sorted(r[0] for r in found)
+
+
 def allowed_rows(catalog: Catalog, encoder: str, target: str, where: str,
                  timeout_s: float = FILTER_TIMEOUT_S) -> np.ndarray:
     """Sorted vector rows of (encoder, target) whose catalog row satisfies `where`."""

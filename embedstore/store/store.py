@@ -20,7 +20,9 @@ import numpy as np
 
 from embedstore import config
 from embedstore.errors import BadInput, Conflict, NotFound
+from embedstore.store.atomic import disk_full, no_space
 from embedstore.store.catalog import Catalog
+from embedstore.store.holders import forget_writer, record_writer
 from embedstore.store.vectors import VectorFile
 from embedstore.video.deid import SALT_ENV
 
@@ -64,17 +66,38 @@ class Run:
 
 
 class Store:
-    """A self-contained, relocatable store folder."""
+    """A self-contained, relocatable store folder.
 
-    def __init__(self, path: str | Path, read_only: bool = False):
+    Three ways to open it (docs/architecture.md, "Read-only"): a writer (`read_only=False`: catalog,
+    vectors and derived files; alone); a reader (`read_only=True`: writes nothing at all in the folder,
+    shares the store with other readers); a reader that writes derived files (`write_derived=True`:
+    `index` and `view` write indexes/, views/ and the calibration, atomically, beside other readers).
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False, write_derived: bool = False):
         self.path = Path(path)
         self.read_only = read_only
+        self.writes_derived = not read_only or write_derived
+        self.memo: dict = {}  # derived data a reader computed but may not write (e.g. a calibration)
         self.catalog = Catalog(self.path / "catalog.duckdb", read_only=read_only)
         self.vectors = VectorFile(self.path / "vectors.h5")
         if not read_only:
             self._keep_salt()
+            record_writer(self.path)
+        from embedstore.store.compact import finish_swap  # work a crash interrupted: finished by writers first
+        from embedstore.store.erase import finish_pending
+
+        try:
+            finish_swap(self)
+            if not read_only:
+                finish_pending(self)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
+        if not self.read_only:
+            forget_writer(self.path)
         self.catalog.close()
 
     def __enter__(self) -> "Store":
@@ -194,8 +217,13 @@ class Store:
                 if not keep:
                     return 0
                 new_ids = [ids[i] for i in keep]
-                first = append(arr[keep])
-                self.catalog.add_embeddings(name, target, new_ids, first, run.run_id if run else None)
+                try:  # rows appended past the catalog are dropped by the next writer: the batch is absent
+                    first = append(arr[keep])
+                    self.catalog.add_embeddings(name, target, new_ids, first, run.run_id if run else None)
+                except Exception as exc:
+                    if no_space(exc):
+                        raise disk_full(f"{name} vectors") from None
+                    raise
                 done.update(new_ids)
                 if run is not None:
                     run.added += len(new_ids)
@@ -274,8 +302,12 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def open_store(path: str | Path | None = None, create: bool = False, read_only: bool = False) -> Store:
-    """Open the store folder at `path` (default $EMBEDSTORE_HOME); `create` makes a new one."""
+def open_store(path: str | Path | None = None, create: bool = False, read_only: bool = False,
+               write_derived: bool = False) -> Store:
+    """Open the store folder at `path` (default $EMBEDSTORE_HOME); `create` makes a new one.
+
+    read_only: share the store with other readers and write nothing; write_derived (with read_only):
+    also (re)write indexes, views and calibrations."""
     path = Path(path) if path is not None else config.home()
     if not (path / "catalog.duckdb").exists():
         if not create:
@@ -283,4 +315,4 @@ def open_store(path: str | Path | None = None, create: bool = False, read_only: 
         if read_only:
             raise BadInput("cannot create a store read-only")
         path.mkdir(parents=True, exist_ok=True)
-    return Store(path, read_only=read_only)
+    return Store(path, read_only=read_only, write_derived=write_derived)

@@ -114,6 +114,24 @@ class VectorFile:
         finally:
             fh.close()
 
+    def scrub(self, encoder: str, target: str, rows: list[int]) -> int:
+        """Overwrite rows with zeros in place (an erased item's numbers leave the file); returns how many."""
+        if not rows or not self.path.exists():
+            return 0
+        fh = self._open_write()
+        try:
+            k = key(encoder, target)
+            if k not in fh:
+                return 0
+            dset = fh[k]
+            rows = sorted(r for r in set(rows) if r < dset.shape[0])
+            for row in rows:  # one at a time: erasures are small, and h5py wants increasing indices anyway
+                dset[row] = 0
+            fh.flush()
+            return len(rows)
+        finally:
+            fh.close()
+
     def recover(self) -> None:
         """Copy a crash-flagged file into a clean one and swap it in atomically."""
         tmp = self.path.with_suffix(".h5.recover")
