@@ -258,7 +258,7 @@ def test_meta_holds_no_phi(tmp_path: Path) -> None:
         assert fragment not in text
     assert set(video.meta) == {
         "transfer_syntax", "photometric", "sop_class", "modality", "n_frames", "rows", "columns",
-        "bits_stored", "fps_source", "deid",
+        "bits_stored", "fps_source", "deid", "us_regions", "burned_in_annotation",
     }
     assert set(video.meta["deid"]) == {"patient_id", "study_id", "acquired_at", "view"}
     assert video.meta["deid"]["acquired_at"] is None

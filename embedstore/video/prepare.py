@@ -53,28 +53,77 @@ def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinea
     return x
 
 
-def sector_mask(frames: np.ndarray, threshold: float = 2.0) -> np.ndarray:
-    """Boolean [H, W] mask of the ultrasound fan.
+STATIC_BRIGHT, STATIC_RANGE = 48, 12  # grey levels: what counts as burned-in text for sector_mask
 
-    Why: burned-in text, depth scales and logos are static and the ECG trace sits apart from the
-    fan; the fan is the largest connected region of pixels that change over time, and it is convex
-    row by row, so each row is filled between its leftmost and rightmost fan pixel.
+
+def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_pairs: int = 64) -> np.ndarray:
+    """Boolean [H, W] mask of the ultrasound fan, all False when nothing moves.
+
+    Why (FACTS.md, after EchoPrime): the fan is the largest region that changes over time; burned-in
+    text, depth marks and toolbars do not. Pixels that change by more than `change` grey levels in at
+    least two of up to `max_pairs` frame pairs are accumulated; where fewer than `density` of a small
+    window's pixels move (dim speckle, thin lines) the window is dropped; an erosion cuts thin
+    moving lines such as a sweeping ECG trace and the bridges to it; the largest piece left, grown
+    back, is filled by its convex hull (the fan is convex: dark blood pools and the apex stay in).
+    Bright pixels that never change (text, even next to or over the fan's edge) are always left out.
     """
     from scipy import ndimage
 
-    grey = frames.astype(np.float32).mean(axis=-1)
-    moving = grey.std(axis=0) > threshold
-    moving = ndimage.binary_opening(moving, iterations=1)
-    labels, n = ndimage.label(moving)
+    t, h, w, _ = frames.shape
+    if t < 2:
+        return np.zeros((h, w), dtype=bool)
+    picks = np.unique(np.linspace(0, t - 1, min(t, max_pairs + 1)).round().astype(int))
+    counts = np.zeros((h, w), dtype=np.uint8)
+    previous = _brightest(frames[picks[0]])
+    low, high = previous.copy(), previous.copy()
+    for i in picks[1:]:
+        current = _brightest(frames[i])
+        counts += np.abs(current - previous) > change
+        np.minimum(low, current, out=low)
+        np.maximum(high, current, out=high)
+        previous = current
+    # burned-in text: bright and (but for codec noise) constant; never part of the fan, even inside its hull
+    text = ndimage.binary_dilation((high > STATIC_BRIGHT) & (high - low <= STATIC_RANGE))
+    moving = (counts >= min(2, len(picks) - 1)) & ~text
+    side = min(h, w)
+    dense = ndimage.uniform_filter(moving.astype(np.float32), size=max(3, side // 128 * 2 + 1)) > density
+    disk = _disk(max(1, round(side / 160)))
+    core = ndimage.binary_erosion(dense, structure=disk)
+    labels, n = ndimage.label(core)
     if n == 0:
-        return np.ones(grey.shape[1:], dtype=bool)
-    sizes = ndimage.sum(moving, labels, index=range(1, n + 1))
-    fan = labels == (int(np.argmax(sizes)) + 1)
-    mask = np.zeros_like(fan)
-    for row in np.nonzero(fan.any(axis=1))[0]:
-        cols = np.nonzero(fan[row])[0]
-        mask[row, cols[0] : cols[-1] + 1] = True
-    return mask
+        return np.zeros((h, w), dtype=bool)
+    sizes = ndimage.sum(core, labels, index=range(1, n + 1))
+    fan = ndimage.binary_dilation(labels == (int(np.argmax(sizes)) + 1), structure=disk) & moving
+    return _convex_fill(fan) & ~text
+
+
+def _brightest(frame: np.ndarray) -> np.ndarray:
+    """int16 [H, W]: the largest of the three channels (colour Doppler moves in any of them)."""
+    return np.maximum(np.maximum(frame[..., 0], frame[..., 1]), frame[..., 2]).astype(np.int16)
+
+
+def _disk(radius: int) -> np.ndarray:
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def _convex_fill(region: np.ndarray) -> np.ndarray:
+    """Every pixel inside the convex hull of `region`'s pixel centres (QHull half-planes)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    ys, xs = np.nonzero(region)
+    try:
+        hull = ConvexHull(np.column_stack([xs, ys]).astype(np.float64))
+    except (QhullError, ValueError):  # a line or a point: nothing to fill
+        return region.copy()
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    gy, gx = np.mgrid[y0:y1, x0:x1]
+    inside = np.ones(gy.shape, dtype=bool)
+    for a, b, c in hull.equations:
+        inside &= a * gx + b * gy + c <= 0.5
+    out = np.zeros_like(region)
+    out[y0:y1, x0:x1] = inside
+    return out
 
 
 def apply_mask(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
