@@ -68,6 +68,7 @@ def ingest(
     store: StoreOpt = None,
     reports: Annotated[Optional[Path], typer.Option(help="reports.csv (report_id, study_id or video_id, text)")] = None,
     workers: int = typer.Option(2, min=1, help="decode threads"),
+    mask: Annotated[Optional[bool], typer.Option("--mask/--no-mask", help="keep only the ultrasound image (DICOM regions, else the moving fan) wherever pixels leave the reader; the store's setting, on unless turned off here (e.g. EchoNet-Dynamic, whose text was removed)")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -76,7 +77,8 @@ def ingest(
     from embedstore.store import open_store
 
     with open_store(store, create=True) as st:
-        summary = run_ingest(source, st, reports=reports, workers=workers, progress=not quiet)
+        summary = run_ingest(source, st, reports=reports, workers=workers, progress=not quiet,
+                             mask=None if mask is None else ("on" if mask else "off"))
     if as_json:
         emit(summary.as_dict(), True)
         return
@@ -84,6 +86,8 @@ def ingest(
                f"reports {summary.reports}, skipped {len(summary.skipped)}")
     for item, reason in summary.skipped:
         typer.echo(f"  skipped: {reason if item in reason else f'{item}: {reason}'}")
+    for warning in summary.warnings:
+        typer.echo(f"  warning: {warning}")
 
 
 @command()

@@ -16,6 +16,7 @@ from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.progress import bar
 from embedstore.store import Store
 from embedstore.video.read import read_video
+from embedstore.video.regions import MASK_KEY, MaskedPreparer
 
 
 @dataclass
@@ -36,6 +37,13 @@ class EncodeSummary:
         return {"encoder": self.encoder, "target": self.target, "added": self.added, "already": self.already,
                 "failed": self.failed, "seconds": round(self.seconds, 3), "per_second": round(self.per_second, 3),
                 "provenance": self.provenance}
+
+
+def store_encoding(store: Store, encoder) -> tuple[dict, MaskedPreparer]:
+    """The provenance (with the store's mask setting) and the preparer behind that mask, for every engine."""
+    prov = encoder.provenance()
+    prov["preprocessing"][MASK_KEY] = store.mask
+    return prov, MaskedPreparer(encoder.preparer, store.mask)
 
 
 def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], int]:
@@ -78,7 +86,7 @@ def encode_store(store: Store, encoder, batch_size: int = 8, workers: int = 2, t
     """Embed every video (or report) of `store` that `encoder` has not embedded yet."""
     if batch_size < 1:
         raise BadInput(f"--batch-size must be >= 1, got {batch_size}")
-    prov = encoder.provenance()
+    prov, preparer = store_encoding(store, encoder)
     summary = EncodeSummary(encoder.name, target, provenance=prov)
     args = {"encoder": encoder.name, "target": target, "batch_size": batch_size, "workers": workers,
             "weights_sha256": prov["weights_sha256"], **(command_args or {})}
@@ -91,7 +99,7 @@ def encode_store(store: Store, encoder, batch_size: int = 8, workers: int = 2, t
             ids: list[str] = []
             inputs: list[np.ndarray] = []
             with bar(total=len(items), desc=f"encode {encoder.name}", unit="video", enabled=progress) as pbar:
-                for video_id, result in prepared_stream(items, encoder.preparer, workers, ahead=2 * batch_size):
+                for video_id, result in prepared_stream(items, preparer, workers, ahead=2 * batch_size):
                     if isinstance(result, str):
                         run.fail(video_id, result)
                         pbar.update(1)

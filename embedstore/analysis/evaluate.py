@@ -299,6 +299,7 @@ def retrieval(d: Data) -> dict:
 def zero_shot_ef(d: Data) -> dict:
     from embedstore.encoders.echoclip import zero_shot_ef as predict
     from embedstore.video.read import read_video
+    from embedstore.video.regions import MASK_KEY
 
     if d.model is None and d.encoder not in ZERO_SHOT_ENCODERS:
         raise Skip(f"needs an echoclip or echoclip-r vector set, not {d.encoder}")
@@ -306,12 +307,13 @@ def zero_shot_ef(d: Data) -> dict:
     if not test:
         raise Skip("no TEST video with an EF label and a readable file")
     model = d.model if d.model is not None else _stored_model(d)
+    mask = d.store.encoder_info(d.encoder)["preprocessing"].get(MASK_KEY, "off")  # as the vectors were prepared
     preds, kept, failed = [], [], 0
     for start in range(0, len(test), ZERO_SHOT_BATCH):
         batch, videos = [], []
         for k in test[start : start + ZERO_SHOT_BATCH]:
             try:
-                videos.append(read_video(d.paths[k]))
+                videos.append(read_video(d.paths[k], mask=mask))
                 batch.append(k)
             except EmbedstoreError:
                 failed += 1

@@ -23,6 +23,7 @@ from embedstore.index.filters import allowed_rows
 from embedstore.store import Store, normalise
 from embedstore.store.store import TARGETS
 from embedstore.video.read import Video, read_video
+from embedstore.video.regions import MASK_KEY, mask_video
 
 RANDOM_INIT = "random-init"
 META_COLUMNS = {
@@ -75,6 +76,8 @@ class QueryEncoder:
     def __init__(self, store: Store, encoder: str, info: dict | None = None):
         self.store, self.name = store, encoder
         self.info = info or store.encoder_info(encoder)
+        # query videos are masked as this vector set's videos were (sets from before masking: off)
+        self.mask = self.info["preprocessing"].get(MASK_KEY, "off")
 
     @cached_property
     def model(self):
@@ -85,6 +88,7 @@ class QueryEncoder:
         weights = info["weights"] if not random_init and Path(info["weights"]).exists() else None
         model = get_encoder(self.name, weights=weights, random_init=random_init, **_recorded_options(info["preprocessing"]))
         prov = json.loads(json.dumps(model.provenance(), default=str))
+        prov["preprocessing"][MASK_KEY] = info["preprocessing"].get(MASK_KEY)  # the store's setting, applied on read
         if prov["weights_sha256"] != info["weights_sha256"] or int(prov["dim"]) != int(info["dim"]):
             raise Conflict(f"query encoder {self.name} has weights {prov['weights_sha256'][:12]} (dim {prov['dim']}) but the "
                            f"store's vectors come from {info['weights_sha256'][:12]} (dim {info['dim']}); "
@@ -108,7 +112,7 @@ class QueryEncoder:
         if found is None:
             return
         stored = self.store.get_vectors(self.name, [found[0]])[0]
-        cosine = float(model.embed_videos([read_video(found[1])])[0] @ stored)
+        cosine = float(model.embed_videos([read_video(found[1], mask=self.mask)])[0] @ stored)
         if cosine < REPRODUCE_MIN_COSINE:
             raise Conflict(f"the store's {self.name} vectors are random-init and a fresh random-init encoder does not "
                            f"reproduce them (cosine {cosine:.2f} on video {found[0]}): query by --id or --vector, "
@@ -124,7 +128,7 @@ class QueryEncoder:
             if stored is not None:
                 return self.store.get_vectors(self.name, [stored]), stored
             video = read_video(path)
-        return self.model.embed_videos([video]), None
+        return self.model.embed_videos([mask_video(video, self.mask)]), None
 
     def stored_video_id(self, path: Path) -> str | None:
         """The id of a stored video with a vector whose file has exactly these bytes."""
