@@ -91,7 +91,7 @@ def make_dicom_phantom(out: Path | str, patients: int = 3, videos_per_patient: i
             folder = out / "dicom" / video["patient_id"] / video["study_id"]
             folder.mkdir(parents=True, exist_ok=True)
             header = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "BurnedInAnnotation": "YES",
-                      "ViewName": "A4C"}
+                      "ViewName": "A4C", "SeriesNumber": 1, "InstanceNumber": len(files) + 1}
             if regions:
                 header["SequenceOfUltrasoundRegions"] = _regions(layout, doppler)
             phi = {"PatientName": name, "PatientID": video["patient_id"], "StudyDate": when.strftime("%Y%m%d"),
