@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from embedstore.datasets.export import export
 from embedstore.datasets.ingest import ingest
 from embedstore.datasets.phantom_dicom import make_dicom_phantom
 from embedstore.encode import encode_store, prepare_one, store_encoding
@@ -72,6 +74,11 @@ def test_encode_feeds_the_model_masked_frames_and_records_the_setting(black_regi
         assert store_encoding(store, encoder)[1].setting == "on"
         with pytest.raises(Conflict, match="holds vectors prepared with mask on"):
             store.set_mask("off")
+        manifest = export(store, "r3d", tmp_path / "bundle")
+    deid = manifest["deidentification"]
+    assert deid["patient_identity_removed"] == "YES" and deid["from_dicom"] == 1
+    assert [m["code"] for m in deid["method_codes"]] == ["113100", "113101", "113107"]
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["deidentification"] == deid
 
 
 def test_thumbnails_and_gifs_the_service_returns_hold_no_pixel_from_outside(black_region, tmp_path):
