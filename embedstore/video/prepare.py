@@ -56,7 +56,7 @@ def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinea
 STATIC_BRIGHT, STATIC_RANGE = 48, 12  # grey levels: what counts as burned-in text for sector_mask
 
 
-def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_pairs: int = 64) -> np.ndarray:
+def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_pairs: int = 32) -> np.ndarray:
     """Boolean [H, W] mask of the ultrasound fan, all False when nothing moves.
 
     Why (FACTS.md, after EchoPrime): the fan is the largest region that changes over time; burned-in
@@ -66,18 +66,21 @@ def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_p
     moving lines such as a sweeping ECG trace and the bridges to it; the largest piece left, grown
     back, is filled by its convex hull (the fan is convex: dark blood pools and the apex stay in).
     Bright pixels that never change (text, even next to or over the fan's edge) are always left out.
+    Frames over 480 pixels a side are analysed on every `step`-th pixel (a fan is large; the cost of
+    a mask stays a share of decoding) and the hull is filled at full resolution.
     """
     from scipy import ndimage
 
     t, h, w, _ = frames.shape
     if t < 2:
         return np.zeros((h, w), dtype=bool)
+    step = max(1, min(h, w) // 240)
     picks = np.unique(np.linspace(0, t - 1, min(t, max_pairs + 1)).round().astype(int))
-    counts = np.zeros((h, w), dtype=np.uint8)
-    previous = _brightest(frames[picks[0]])
+    previous = _brightest(frames[picks[0], ::step, ::step])
+    counts = np.zeros(previous.shape, dtype=np.uint8)
     low, high = previous.copy(), previous.copy()
     for i in picks[1:]:
-        current = _brightest(frames[i])
+        current = _brightest(frames[i, ::step, ::step])
         counts += np.abs(current - previous) > change
         np.minimum(low, current, out=low)
         np.maximum(high, current, out=high)
@@ -85,7 +88,7 @@ def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_p
     # burned-in text: bright and (but for codec noise) constant; never part of the fan, even inside its hull
     text = ndimage.binary_dilation((high > STATIC_BRIGHT) & (high - low <= STATIC_RANGE))
     moving = (counts >= min(2, len(picks) - 1)) & ~text
-    side = min(h, w)
+    side = min(moving.shape)
     dense = ndimage.uniform_filter(moving.astype(np.float32), size=max(3, side // 128 * 2 + 1)) > density
     disk = _disk(max(1, round(side / 160)))
     core = ndimage.binary_erosion(dense, structure=disk)
@@ -94,7 +97,8 @@ def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_p
         return np.zeros((h, w), dtype=bool)
     sizes = ndimage.sum(core, labels, index=range(1, n + 1))
     fan = ndimage.binary_dilation(labels == (int(np.argmax(sizes)) + 1), structure=disk) & moving
-    return _convex_fill(fan) & ~text
+    text_full = np.repeat(np.repeat(text, step, axis=0), step, axis=1)[:h, :w]
+    return _convex_fill(fan, (h, w), step) & ~text_full
 
 
 def _brightest(frame: np.ndarray) -> np.ndarray:
@@ -107,28 +111,44 @@ def _disk(radius: int) -> np.ndarray:
     return x * x + y * y <= radius * radius
 
 
-def _convex_fill(region: np.ndarray) -> np.ndarray:
-    """Every pixel inside the convex hull of `region`'s pixel centres (QHull half-planes)."""
+def _convex_fill(region: np.ndarray, shape: tuple[int, int], step: int = 1) -> np.ndarray:
+    """Boolean `shape`: every pixel inside the convex hull of `region`'s pixels, `region` being sampled
+    every `step` pixels of `shape` (QHull half-planes, half a sample of tolerance)."""
     from scipy.spatial import ConvexHull, QhullError
 
     ys, xs = np.nonzero(region)
+    out = np.zeros(shape, dtype=bool)
     try:
-        hull = ConvexHull(np.column_stack([xs, ys]).astype(np.float64))
+        hull = ConvexHull(np.column_stack([xs, ys]).astype(np.float64) * step)
     except (QhullError, ValueError):  # a line or a point: nothing to fill
-        return region.copy()
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        out[ys * step, xs * step] = True
+        return out
+    y0, y1 = ys.min() * step, min(shape[0], ys.max() * step + step)
+    x0, x1 = xs.min() * step, min(shape[1], xs.max() * step + step)
     gy, gx = np.mgrid[y0:y1, x0:x1]
     inside = np.ones(gy.shape, dtype=bool)
     for a, b, c in hull.equations:
-        inside &= a * gx + b * gy + c <= 0.5
-    out = np.zeros_like(region)
+        inside &= a * gx + b * gy + c <= 0.5 * step
     out[y0:y1, x0:x1] = inside
     return out
 
 
 def apply_mask(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Blank everything outside the fan."""
-    return frames * mask[None, :, :, None].astype(frames.dtype)
+    """Blank everything outside the fan (a new array; the input stays as decoded).
+
+    Row by row: the part left and right of a row's run is zeroed with slices (a fan's rows are one
+    run each), and only the few holes inside a run (text over the fan's edge) are scattered.
+    """
+    out = frames.copy()
+    out[:, ~mask.any(axis=1)] = 0
+    for y in np.flatnonzero(mask.any(axis=1)):
+        cols = np.flatnonzero(mask[y])
+        left, right = cols[0], cols[-1] + 1
+        out[:, y, :left] = 0
+        out[:, y, right:] = 0
+        if len(cols) < right - left:
+            out[:, y, left + np.flatnonzero(~mask[y, left:right])] = 0
+    return out
 
 
 def resize_uint8(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinear", chunk: int = 64) -> np.ndarray:
