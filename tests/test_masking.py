@@ -81,6 +81,25 @@ def test_encode_feeds_the_model_masked_frames_and_records_the_setting(black_regi
     assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["deidentification"] == deid
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_bundles_carry_croissant_metadata_that_mlcroissant_validates(black_region, tmp_path, fmt):
+    mlc = pytest.importorskip("mlcroissant")
+    with open_store(tmp_path / "store", create=True) as store:
+        ingest(black_region.parent, store, progress=False)
+        encode_store(store, get_encoder("r3d", random_init=True), progress=False)
+        export(store, "r3d", tmp_path / "bundle", fmt=fmt, progress=False)
+        (video,) = store.videos()
+    record = tmp_path / "bundle" / "croissant.json"
+    dataset = mlc.Dataset(jsonld=record)  # raises on any validation error
+    assert not dataset.metadata.issues.errors, dataset.metadata.issues.report()
+    text = record.read_text()
+    assert "Patient Identity Removed YES" in text and "113101" in text and '"conformsTo": "http://mlcommons.org/croissant/1.1"' in text
+    if fmt == "parquet":  # the record really finds the data
+        rows = list(dataset.records("videos"))
+        assert len(rows) == 1 and rows[0]["videos/video_id"].decode() == video["video_id"]
+        assert len(rows[0]["videos/vector"]) == 400
+
+
 def test_thumbnails_and_gifs_the_service_returns_hold_no_pixel_from_outside(black_region, tmp_path):
     store_path = tmp_path / "store"
     with open_store(store_path, create=True) as store:

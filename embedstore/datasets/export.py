@@ -1,4 +1,5 @@
-"""Release bundles: vectors (HDF5 in the store's layout, or Parquet shards) + manifest.json + DATA_CARD.md.
+"""Release bundles: vectors (HDF5 in the store's layout, or Parquet shards) + manifest.json + DATA_CARD.md
++ croissant.json (Croissant 1.1, datasets/croissant.py).
 
 The bundle format is written and read here (`export`, `read_manifest`, `read_bundle`), so it is
 defined in one file; `releases.download` fetches a bundle and ingests what `read_bundle` returns.
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import embedstore
+from embedstore.datasets.croissant import croissant
 from embedstore.datasets.ingest import sha256_file
 from embedstore.encoders.weights import WEIGHTS
 from embedstore.errors import BadInput, NotFound
@@ -131,6 +133,7 @@ def export(store: Store, encoder: str, out: str | Path, fmt: str = "hdf5", split
         files.append({"path": "DATA_CARD.md", "role": "card"})
         manifest["files"] = [{**f, "size": (tmp / f["path"]).stat().st_size, "sha256": sha256_file(tmp / f["path"])}
                              for f in files]
+        (tmp / "croissant.json").write_text(json.dumps(croissant(manifest), indent=2) + "\n", encoding="utf-8")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()
