@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 
 import numpy as np
@@ -55,6 +56,10 @@ def test_dicom_tree_ingests_into_patients_and_studies_with_modified_dates(tree, 
         studies = {(rows[p]["study_id"], truth[p]["study_id"]) for p in rows}
         assert len(patients) == 3 == len({a for a, _ in patients}) and len(studies) == 6 == len({a for a, _ in studies})
         assert all(r["patient_id"].startswith("p_") and "PAT" not in r["patient_id"] for r in rows.values())
+        for path, row in rows.items():  # which region each cine was cut to is recorded
+            region = json.loads(row["image_region"])
+            assert region["source"] == "region" and region["region"]["index"] == 0
+            assert (region["region"]["x0"], region["region"]["y0"]) == truth[path]["region"][:2]
         assert store.info()["counts"]["patients"] == 3 and store.info()["counts"]["studies"] == 6
         # modified dates: real dates never stored, intervals between a patient's studies kept exactly
         offsets = {}

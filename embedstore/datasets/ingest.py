@@ -13,6 +13,7 @@ cannot be cleaned is refused here, before it reaches the catalog; warnings are l
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ def describe(path: Path, salt: str, mask: str | None = None) -> tuple[dict, list
         "acquired_at": deid.get("acquired_at"), "view": deid.get("view"),
         "n_frames": video.n_frames, "fps": video.fps, "height": video.height, "width": video.width,
         "format": video.format,
+        "image_region": json.dumps(video.meta["mask"]) if "mask" in video.meta else None,
     }, list(video.meta.get("warnings", []))
 
 

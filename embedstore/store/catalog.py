@@ -22,6 +22,7 @@ SCHEMA_VERSION = "1"
 VIDEO_COLUMNS = [
     "video_id", "source_path", "sha256", "patient_id", "study_id", "acquired_at", "view", "split",
     "n_frames", "fps", "height", "width", "format", "ef", "esv", "edv",
+    "image_region",
 ]
 
 SCHEMA = """
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, command VARCHAR, args JSON, started_at TIMESTAMP, finished_at TIMESTAMP,
     status VARCHAR, added INTEGER, failed INTEGER, failures JSON);
+ALTER TABLE videos ADD COLUMN IF NOT EXISTS image_region JSON;  -- video/regions.py: what the mask kept
 """
 
 
