@@ -66,7 +66,7 @@ def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_p
     moving lines such as a sweeping ECG trace and the bridges to it; the largest piece left, grown
     back, is filled by its convex hull (the fan is convex: dark blood pools and the apex stay in).
     Bright pixels that never change (text, even next to or over the fan's edge) are always left out.
-    Frames over 480 pixels a side are analysed on every `step`-th pixel (a fan is large; the cost of
+    Frames of 480 pixels or more a side are analysed on every `step`-th pixel (a fan is large; the cost of
     a mask stays a share of decoding) and the hull is filled at full resolution.
     """
     from scipy import ndimage
