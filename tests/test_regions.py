@@ -81,17 +81,15 @@ def test_fan_mask_on_avi_screens_removes_text_and_ecg_and_keeps_the_fan(screens,
     raw = read_video(row["avi"])
     video = read_video(row["avi"], mask="on")
     fan = screen_fan(layout)
-    kept = (video.frames.max(axis=(0, 3)) > 0) | ~(raw.frames.max(axis=(0, 3)) > 0)
     assert video.meta["mask"]["source"] == "fan"
     near_fan = ndimage.binary_dilation(fan, iterations=2)
     overlay = (raw.frames.max(axis=(0, 3)) > 40) & ~near_fan  # text, toolbar, ECG, Doppler strip
     assert overlay.sum() > 5000
     assert not (video.frames.max(axis=(0, 3))[overlay] > 0).any(), "burned-in text or the ECG survived the mask"
-    signal = (raw.frames.max(axis=(0, 3)) > 0) & fan
-    share = (kept & signal).sum() / signal.sum()
-    mask_share = (video.frames.max(axis=(0, 3)) > 0)[signal].mean()
-    print(f"{layout}: fan mask keeps {mask_share:.2%} of the fan's lit pixels")
-    assert mask_share >= 0.98 and share >= 0.98
+    signal = (raw.frames.max(axis=(0, 3)) > 0) & fan  # fan pixels lit in some frame
+    share = (video.frames.max(axis=(0, 3)) > 0)[signal].mean()
+    print(f"{layout}: fan mask keeps {share:.2%} of the fan's lit pixels")
+    assert share >= 0.98
 
 
 def test_fan_mask_keeps_98_percent_of_the_phantom_fan(screens):
