@@ -40,10 +40,16 @@ class EncodeSummary:
 
 
 def store_encoding(store: Store, encoder) -> tuple[dict, MaskedPreparer]:
-    """The provenance (with the store's mask setting) and the preparer behind that mask, for every engine."""
+    """The provenance (with the mask setting) and the preparer behind that mask, for every engine.
+
+    A vector set keeps the mask it was started with (sets from before masking: off), so it is never
+    a mix; a new set takes the store's setting.
+    """
+    existing = store.catalog.encoder(encoder.name)
+    mask = existing["preprocessing"].get(MASK_KEY, "off") if existing else store.mask
     prov = encoder.provenance()
-    prov["preprocessing"][MASK_KEY] = store.mask
-    return prov, MaskedPreparer(encoder.preparer, store.mask)
+    prov["preprocessing"][MASK_KEY] = mask
+    return prov, MaskedPreparer(encoder.preparer, mask)
 
 
 def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], int]:

@@ -100,6 +100,17 @@ def test_bundles_carry_croissant_metadata_that_mlcroissant_validates(black_regio
         assert len(rows[0]["videos/vector"]) == 400
 
 
+def test_a_vector_set_from_before_masking_stays_unmasked(black_region, tmp_path):
+    with open_store(tmp_path / "store", create=True) as store:
+        ingest(black_region.parent, store, progress=False)
+        encoder = get_encoder("r3d", random_init=True)
+        (video,) = store.videos()
+        legacy = encoder.provenance()  # recorded by a version without masking: no "mask" in preprocessing
+        store.add_vectors(legacy, [video["video_id"]], np.ones((1, 400), np.float32))
+        provenance, preparer = store_encoding(store, encoder)
+        assert store.mask == "on" and preparer.setting == "off" and provenance["preprocessing"]["mask"] == "off"
+
+
 def test_thumbnails_and_gifs_the_service_returns_hold_no_pixel_from_outside(black_region, tmp_path):
     store_path = tmp_path / "store"
     with open_store(store_path, create=True) as store:
