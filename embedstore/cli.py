@@ -68,12 +68,32 @@ def phantom(
     typer.echo(f"phantom cohort in {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int)))
 
 
+@command("phantom-dicom")
+def phantom_dicom(
+    out: Annotated[Path, typer.Argument(help="folder to write dicom/<patient>/<study>/ (and avi/) into")],
+    patients: int = typer.Option(3, min=1, help="number of patients"),
+    videos_per_patient: int = typer.Option(2, min=1, help="cines per patient (spread over studies)"),
+    studies_per_patient: int = typer.Option(2, min=1, help="studies per patient, months apart"),
+    frames: int = typer.Option(32, min=2, help="frames per cine (30 fps)"),
+    seed: int = typer.Option(0, help="random seed"),
+    avi: bool = typer.Option(False, "--avi", help="also write each screen as an AVI (no regions: the fan mask's case)"),
+) -> None:
+    """Write phantom cines as a scanner exports them: 480x640 DICOM screens with a burned-in name and date,
+    an ECG trace and Ultrasound Regions (for testing the masking and DICOM study ingest)."""
+    from embedstore.datasets.phantom_dicom import make_dicom_phantom
+
+    info = make_dicom_phantom(out, patients=patients, videos_per_patient=videos_per_patient,
+                              studies_per_patient=studies_per_patient, frames=frames, seed=seed, avi=avi)
+    typer.echo(f"{len(info['files'])} DICOM cines of {info['patients']} patients, {info['studies']} studies in {info['dicom_dir']}")
+
+
 @command()
 def ingest(
     source: Annotated[Path, typer.Argument(help="EchoNet-style folder (FileList.csv + Videos/), a folder of videos, or one file")],
     store: StoreOpt = None,
     reports: Annotated[Optional[Path], typer.Option(help="reports.csv (report_id, study_id or video_id, text)")] = None,
     workers: int = typer.Option(2, min=1, help="decode threads"),
+    mask: Annotated[Optional[bool], typer.Option("--mask/--no-mask", help="keep only the ultrasound image (DICOM regions, else the moving fan) wherever pixels leave the reader; the store's setting, on unless turned off here (e.g. EchoNet-Dynamic, whose text was removed)")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -82,7 +102,8 @@ def ingest(
     from embedstore.store import open_store
 
     with open_store(store, create=True) as st:
-        summary = run_ingest(source, st, reports=reports, workers=workers, progress=not quiet)
+        summary = run_ingest(source, st, reports=reports, workers=workers, progress=not quiet,
+                             mask=None if mask is None else ("on" if mask else "off"))
     if as_json:
         emit(summary.as_dict(), True)
         return
@@ -90,6 +111,8 @@ def ingest(
                f"reports {summary.reports}, traced {summary.traced}, skipped {len(summary.skipped)}")
     for item, reason in summary.skipped:
         typer.echo(f"  skipped: {reason if item in reason else f'{item}: {reason}'}")
+    for warning in summary.warnings:
+        typer.echo(f"  warning: {warning}")
 
 
 @command()

@@ -18,6 +18,7 @@ from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.progress import bar
 from embedstore.store import Store
 from embedstore.video.read import read_video
+from embedstore.video.regions import MASK_KEY, MaskedPreparer
 
 
 @dataclass
@@ -39,6 +40,19 @@ class EncodeSummary:
         return {"encoder": self.encoder, "target": self.target, "added": self.added, "already": self.already,
                 "failed": self.failed, "seconds": round(self.seconds, 3), "per_second": round(self.per_second, 3),
                 "provenance": self.provenance, "warnings": self.warnings}
+
+
+def store_encoding(store: Store, encoder) -> tuple[dict, MaskedPreparer]:
+    """The provenance (with the mask setting) and the preparer behind that mask, for every engine.
+
+    A vector set keeps the mask it was started with (sets from before masking: off), so it is never
+    a mix; a new set takes the store's setting.
+    """
+    existing = store.catalog.encoder(encoder.name)
+    mask = existing["preprocessing"].get(MASK_KEY, "off") if existing else store.mask
+    prov = encoder.provenance()
+    prov["preprocessing"][MASK_KEY] = mask
+    return prov, MaskedPreparer(encoder.preparer, mask)
 
 
 def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], int]:
@@ -128,7 +142,7 @@ def encode_store(store: Store, encoder, batch_size: int = 8, workers: int | None
     workers = workers or decode_workers()
     if batch_size < 1:
         raise BadInput(f"--batch-size must be >= 1, got {batch_size}")
-    prov = encoder.provenance()
+    prov, preparer = store_encoding(store, encoder)
     summary = EncodeSummary(encoder.name, target, provenance=prov)
     args = run_args(store, prov, summary, encoder=encoder.name, target=target, batch_size=batch_size, workers=workers,
                     **(command_args or {}))
@@ -140,7 +154,7 @@ def encode_store(store: Store, encoder, batch_size: int = 8, workers: int | None
             items, summary.already = pending_videos(store, encoder.name)
             batches = ShapeBuckets(batch_size)
             with bar(total=len(items), desc=f"encode {encoder.name}", unit="video", enabled=progress) as pbar:
-                for video_id, result in prepared_stream(items, encoder.preparer, workers, ahead=2 * batch_size):
+                for video_id, result in prepared_stream(items, preparer, workers, ahead=2 * batch_size):
                     if isinstance(result, str):
                         run.fail(video_id, result)
                         pbar.update(1)

@@ -258,10 +258,12 @@ def test_meta_holds_no_phi(tmp_path: Path) -> None:
         assert fragment not in text
     assert set(video.meta) == {
         "transfer_syntax", "photometric", "sop_class", "modality", "n_frames", "rows", "columns",
-        "bits_stored", "fps_source", "deid",
+        "bits_stored", "fps_source", "deid", "us_regions", "burned_in_annotation",
     }
     assert set(video.meta["deid"]) == {"patient_id", "study_id", "acquired_at", "view"}
-    assert video.meta["deid"]["acquired_at"] is None
+    shifted = video.meta["deid"]["acquired_at"]  # PS3.15 modified dates: moved back 1-10 years, never the real one
+    assert shifted and not shifted.startswith("2024-01-02") and "2014-01-03" <= shifted[:10] <= "2023-01-02"
+    assert shifted.endswith("T09:30:16")
 
 
 def test_phi_policy_covers_the_written_header(tmp_path: Path) -> None:

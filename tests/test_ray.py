@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 ray = pytest.importorskip("ray")
 
 from embedstore.cli import app  # noqa: E402
-from embedstore.encode import encode_store, pending_videos  # noqa: E402
+from embedstore.encode import encode_store, pending_videos, store_encoding  # noqa: E402
 from embedstore.encoders import get_encoder  # noqa: E402
 from embedstore.encoders.r3d import R3D  # noqa: E402
 from embedstore.engines.ray import EncoderRecipe, encode_store_ray, shard_stream, staging_dir  # noqa: E402
@@ -135,10 +135,11 @@ def test_rerun_merges_a_dead_runs_shards_and_encodes_only_what_is_missing(local_
     ids, vectors = local_vectors
     encoder = get_encoder("r3d", random_init=True)
     with open_store(path) as st:
-        st.add_vectors(encoder.provenance(), ids[:4], vectors[:4])  # committed by an earlier run
+        provenance, preparer = store_encoding(st, encoder)  # what the engines record and read through (the mask)
+        st.add_vectors(provenance, ids[:4], vectors[:4])  # committed by an earlier run
         items, _ = pending_videos(st, "r3d")
         # a run whose workers finished 4 videos but whose driver died before merging them
-        shards = list(shard_stream(items[:4], EncoderRecipe.of(encoder), encoder.preparer, staging_dir(st, "r3d"),
+        shards = list(shard_stream(items[:4], EncoderRecipe.of(encoder), preparer, staging_dir(st, "r3d"),
                                    "dead-run", 4, 2, 0, 1))
         # their files are gone now: re-encoding them instead of merging would fail
         for video_id, _ in items[:4]:

@@ -333,6 +333,7 @@ def retrieval(d: Data) -> dict:
 def zero_shot_ef(d: Data) -> dict:
     from embedstore.encoders.echoclip import zero_shot_ef as predict
     from embedstore.video.read import read_video
+    from embedstore.video.regions import MASK_KEY
 
     if d.model is None and d.encoder not in ZERO_SHOT_ENCODERS:
         raise Skip(f"needs an echoclip or echoclip-r vector set, not {d.encoder}")
@@ -347,12 +348,13 @@ def zero_shot_ef(d: Data) -> dict:
     else:
         prompts, values = None, None
         procedure = "202 EF prompts, frames 0..40 stride 2, top 20% ranks, median (FACTS.md)"
+    mask = d.store.encoder_info(d.encoder)["preprocessing"].get(MASK_KEY, "off")  # as the vectors were prepared
     preds, kept, failed = [], [], 0
     for start in range(0, len(test), ZERO_SHOT_BATCH):
         batch, videos = [], []
         for k in test[start : start + ZERO_SHOT_BATCH]:
             try:
-                videos.append(read_video(d.paths[k]))
+                videos.append(read_video(d.paths[k], mask=mask))
                 batch.append(k)
             except EmbedstoreError:
                 failed += 1

@@ -1,4 +1,5 @@
-"""Release bundles: vectors (HDF5 in the store's layout, or Parquet shards) + manifest.json + DATA_CARD.md.
+"""Release bundles: vectors (HDF5 in the store's layout, or Parquet shards) + manifest.json + DATA_CARD.md
++ croissant.json (Croissant 1.1, datasets/croissant.py).
 
 The bundle format is written and read here (`export`, `read_manifest`, `read_bundle`), so it is
 defined in one file; `releases.download` fetches a bundle and ingests what `read_bundle` returns.
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import embedstore
+from embedstore.datasets.croissant import croissant
 from embedstore.datasets.ingest import sha256_file
 from embedstore.encoders.provenance import RANDOM_INIT
 from embedstore.encoders.weights import NO_REDISTRIBUTION, WEIGHTS
@@ -137,6 +139,7 @@ def export(store: Store, encoder: str, out: str | Path, fmt: str = "hdf5", split
         files.append({"path": "DATA_CARD.md", "role": "card"})
         manifest["files"] = [{**f, "size": (tmp / f["path"]).stat().st_size, "sha256": sha256_file(tmp / f["path"])}
                              for f in files]
+        (tmp / "croissant.json").write_text(json.dumps(croissant(manifest), indent=2) + "\n", encoding="utf-8")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()
@@ -180,7 +183,40 @@ def _manifest(store: Store, info: dict, target: str, fmt: str, name: str, table:
                             "package_version": info["package_version"], "modalities": info["modalities"]}),
         "columns": {f.name: str(f.type) for f in SCHEMAS[target]}, "splits": splits,
         "licence": _licence(store, info, table, source),
+        **_deidentification(store, info, target),
     }
+
+
+# DICOM PS3.16 CID 7050 codes (scheme DCM) for what was done to DICOM-derived data (PS3.15 Annex E).
+DEID_METHODS = {
+    "113100": "Basic Application Confidentiality Profile",
+    "113101": "Clean Pixel Data Option",
+    "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
+}
+
+
+def _deidentification(store: Store, info: dict, target: str) -> dict:
+    """For vectors derived from DICOM files: Patient Identity Removed and the PS3.15 options applied, in DICOM terms.
+
+    Headers: only keyed hashes and allowed fields reach the catalog (113100); pixels: the store's
+    mask kept only the ultrasound image (113101, only when the vectors were prepared with it on);
+    dates: the catalog holds each patient's dates shifted by one secret offset (113107), and the
+    bundle holds no dates at all.
+    """
+    if target != "videos":
+        return {}
+    n_dicom = store.catalog.query(
+        "SELECT count(*) FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
+        "WHERE e.encoder = ? AND e.target = 'videos' AND v.format = 'dicom'", [info["name"]])[0][0]
+    if not n_dicom:
+        return {}
+    codes = ["113100"] + (["113101"] if info["preprocessing"].get("mask") == "on" else []) + ["113107"]
+    return {"deidentification": {
+        "from_dicom": int(n_dicom), "patient_identity_removed": "YES",
+        "method_codes": [{"scheme": "DCM", "code": c, "meaning": DEID_METHODS[c]} for c in codes],
+        "pixels": f"mask {info['preprocessing'].get('mask', 'off')} (DICOM ultrasound regions, else the moving fan)",
+        "dates": "none in the bundle; the store keeps only per-patient shifted dates",
+    }}
 
 
 def _public(value):

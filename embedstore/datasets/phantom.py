@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -214,6 +215,22 @@ def _write_videos(cohort: list[_Study], videos_dir: Path, frames: int, fps: floa
 def fan_mask(size: int = REF_SIZE) -> np.ndarray:
     """Boolean [size, size] mask of the phantom's sector (True inside)."""
     return _fan(size).mask >= 0.5
+
+
+def render_cohort(patients: int, videos_per_patient: int, studies_per_patient: int, seed: int, frames: int,
+                  fps: float, size: int, overlay: bool | None = None) -> Iterator[dict]:
+    """Each video of the cohort `make_phantom` would write, drawn in memory (grey uint8 [T, size, size]).
+
+    Why: other writers (datasets/phantom_dicom.py: DICOM cines on a scanner screen) reuse the same
+    anatomy and labels. `overlay` False/True forces the in-sector overlay off/on (None: as planned).
+    """
+    _check(patients, videos_per_patient, studies_per_patient, seed, frames, fps, size, "mjpeg")
+    for study in _plan(patients, videos_per_patient, studies_per_patient, seed):
+        for name, take in study.takes:
+            take = take if overlay is None else replace(take, overlay=overlay)
+            grey, labels = _render(study.heart, take, frames, fps, size)
+            yield {"name": name, "patient_id": study.patient_id, "study_id": study.study_id, "split": study.split,
+                   "frames": grey, "ef": labels.ef, "heart_rate": study.heart.heart_rate}
 
 
 def disk_volume_ml(length: float, diameters: np.ndarray, spacing_cm: float) -> float:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from embedstore import config
-from embedstore.encode import EncodeSummary, pending_videos, prepare_one, run_args
+from embedstore.encode import EncodeSummary, pending_videos, prepare_one, run_args, store_encoding
 from embedstore.encoders import Encoder
 from embedstore.encoders.provenance import rebuild
 from embedstore.errors import BadInput
@@ -237,7 +237,7 @@ def encode_store_ray(store: Store, encoder: Encoder, batch_size: int = 8, addres
         raise BadInput("--engine ray encodes videos; encode reports with --engine local (text is fast)")
     if batch_size < 1 or shard_size < 1:
         raise BadInput(f"batch size and shard size must be >= 1, got {batch_size} and {shard_size}")
-    prov = encoder.provenance()
+    prov, preparer = store_encoding(store, encoder)
     summary = EncodeSummary(encoder.name, target, provenance=prov)
     staging = staging_dir(store, encoder.name)
     args = run_args(store, prov, summary, encoder=encoder.name, target=target, engine="ray", ray_address=address,
@@ -252,7 +252,7 @@ def encode_store_ray(store: Store, encoder: Encoder, batch_size: int = 8, addres
         if items:
             with ray_session(address), bar(total=len(items), desc=f"encode {encoder.name} (ray)", unit="video",
                                            enabled=progress) as pbar:
-                for row in shard_stream(items, EncoderRecipe.of(encoder), encoder.preparer, staging, run.run_id,
+                for row in shard_stream(items, EncoderRecipe.of(encoder), preparer, staging, run.run_id,
                                         batch_size, shard_size, gpus_per_worker, cpus_per_decode, device):
                     merge_shard(write, Path(row["shard"]), run)
                     pbar.update(int(row["videos"]))

@@ -8,7 +8,6 @@ also keeps writers out for the Searcher's lifetime, so the loaded index cannot g
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from embedstore.store import Store, normalise
 from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
 from embedstore.store.store import TARGETS
 from embedstore.video.read import Video, read_video
+from embedstore.video.regions import MASK_KEY, mask_video
 
 META_COLUMNS = {
     "videos": ("videos", "video_id", ("patient_id", "study_id", "view", "split", "ef", "esv", "edv", "source_path")),
@@ -80,6 +80,8 @@ class QueryEncoder:
     def __init__(self, store: Store, encoder: str, info: dict | None = None):
         self.store, self.name = store, encoder
         self.info = info or store.encoder_info(encoder)
+        # query videos are masked as this vector set's videos were (sets from before masking: off)
+        self.mask = self.info["preprocessing"].get(MASK_KEY, "off")
 
     @cached_property
     def model(self):
@@ -95,7 +97,7 @@ class QueryEncoder:
         if found is None:
             return
         stored = self.store.get_vectors(self.name, [found[0]])[0]
-        cosine = float(model.embed_videos([read_video(found[1])])[0] @ stored)
+        cosine = float(model.embed_videos([read_video(found[1], mask=self.mask)])[0] @ stored)
         if cosine < REPRODUCE_MIN_COSINE:
             raise Conflict(f"the store's {self.name} vectors are random-init and a fresh random-init encoder does not "
                            f"reproduce them (cosine {cosine:.2f} on video {found[0]}): query by --id or --vector, "
@@ -111,7 +113,7 @@ class QueryEncoder:
             if stored is not None:
                 return self.store.get_vectors(self.name, [stored]), stored
             video = read_video(path)
-        return self.model.embed_videos([video]), None
+        return self.model.embed_videos([mask_video(video, self.mask)]), None
 
     def stored_video_id(self, path: Path) -> str | None:
         """The id of a stored video with a vector whose file has exactly these bytes."""

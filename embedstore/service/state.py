@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from math import ceil
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator, Literal, TypeVar
 
@@ -40,11 +39,10 @@ from embedstore.service.schemas import BatchSearchRequest, SearchOptions, Search
 from embedstore.service.settings import Settings
 from embedstore.store import open_store
 from embedstore.video.read import VIDEO_SUFFIXES, Video, read_video
+from embedstore.video.thumbnail import thumbnail
 
 log = logging.getLogger("embedstore.service")
 T = TypeVar("T")
-THUMBNAIL_SIDE = 256  # pixels, longer side; smaller frames are kept as they are
-GIF_FRAMES = 48  # an animated thumbnail shows at most this many frames (every n-th) at the clip's speed
 THUMBNAILS_CACHED = 256
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 16
@@ -401,7 +399,7 @@ class ServiceState:
         if not path or not Path(path).is_file():
             raise NotFound(f"video {video_id!r} has no file on this server; thumbnails need the video files")
         with named_as(path, video_id):
-            return render_thumbnail(read_video(path, max_frames=self.settings.max_frames), animated)
+            return thumbnail(path, animated, self.store.mask, max_frames=self.settings.max_frames)
 
     def search(self, request: SearchRequest) -> dict:
         q = request.query
@@ -468,20 +466,3 @@ class ServiceState:
         if "source_path" in view.get("labels", {}) and not self.settings.expose_source_paths:
             view["labels"]["source_path"] = [self.public_path(p) for p in view["labels"]["source_path"]]
         return view
-
-
-def render_thumbnail(video: Video, animated: bool) -> bytes:
-    """PNG of the middle frame, or a looping GIF of the clip at its own speed (every n-th frame)."""
-    from PIL import Image
-
-    scale = min(1.0, THUMBNAIL_SIDE / max(video.height, video.width))
-    size = (max(1, round(video.width * scale)), max(1, round(video.height * scale)))
-    out = io.BytesIO()
-    if not animated:
-        Image.fromarray(video.frames[video.n_frames // 2]).resize(size).save(out, "PNG")
-        return out.getvalue()
-    step = ceil(video.n_frames / GIF_FRAMES)
-    images = [Image.fromarray(frame).resize(size) for frame in video.frames[::step]]
-    images[0].save(out, "GIF", save_all=True, append_images=images[1:], loop=0,
-                   duration=max(20, round(1000 * step / video.fps)))
-    return out.getvalue()

@@ -25,6 +25,7 @@ SCHEMA_VERSION = "1"
 VIDEO_COLUMNS = [
     "video_id", "source_path", "sha256", "patient_id", "study_id", "acquired_at", "view", "split",
     "n_frames", "fps", "height", "width", "format", "ef", "esv", "edv",
+    "image_region",
 ]
 
 METADATA_TABLES = {"videos": ("videos", "video_id"), "reports": ("reports", "report_id")}
@@ -60,6 +61,7 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 CREATE TABLE IF NOT EXISTS erasures (
     erasure_id VARCHAR PRIMARY KEY, erased_at TIMESTAMP, selector VARCHAR, counts JSON, hashed_ids JSON,
     pending JSON, status VARCHAR, finished_at TIMESTAMP);
+ALTER TABLE videos ADD COLUMN IF NOT EXISTS image_region JSON;  -- video/regions.py: what the mask kept
 """
 
 

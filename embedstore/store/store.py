@@ -141,6 +141,22 @@ class Store:
                 self.catalog.delete_meta("salt")
 
     @property
+    def mask(self) -> str:
+        """'on' (default: only the ultrasound image reaches encoders and thumbnails) or 'off' (set explicitly)."""
+        return self.catalog.get_meta("mask") or "on"
+
+    def set_mask(self, setting: str) -> None:
+        """Change the mask setting; refused once vectors exist, since they were prepared with the old one."""
+        from embedstore.video.regions import check_setting
+
+        if check_setting(setting) == self.mask:
+            return
+        if self.catalog.query("SELECT count(*) FROM embeddings")[0][0]:
+            raise Conflict(f"store {self.path} holds vectors prepared with mask {self.mask}; "
+                           f"use a new store for mask {setting}")
+        self.catalog.set_meta("mask", setting)
+
+    @property
     def indexes_dir(self) -> Path:
         return self.path / "indexes"
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import embedstore
 from embedstore.analysis.metrics import accuracy_threshold, youden_threshold
 from embedstore.encode import prepared_stream
+from embedstore.video.regions import MaskedPreparer
 from embedstore.encoders.weights import sha256_file
 from embedstore.progress import bar
 from embedstore.store import Run, Store
@@ -37,7 +38,9 @@ def train_r3d(store: Store, cfg: TrainConfig, out: str | Path, resume: bool = Fa
     check_cohort(cohort)
     state = checkpoint.resume_state(out, cfg.recipe(), resume)
     trainer = Trainer(cfg, out, progress, state)
-    args = {**asdict(cfg), "out": str(out), "resume": resume, "init_weights_sha256": trainer.init["weights_sha256"]}
+    trainer.preparer = MaskedPreparer(trainer.preparer, store.mask)  # trained on what the store's encoders see
+    args = {**asdict(cfg), "out": str(out), "resume": resume, "init_weights_sha256": trainer.init["weights_sha256"],
+            "mask": store.mask}
     with store.run("train", args) as run:
         trainer.run = run
         for epoch in range(trainer.epoch + 1, cfg.epochs + 1):

@@ -4,8 +4,11 @@ Nothing from a header goes into the store unless it is on an allow-list. Patient
 identifiers become keyed hashes (HMAC-SHA256 with a salt) so videos of one patient still group
 together while the MRN cannot be recovered by hashing every plausible number. The salt comes from
 $EMBEDSTORE_SALT when set (to share hashes between stores), else from the store itself: the catalogue
-generates a random salt when it is created and keeps it. Dates and times, names, institution and
-device identifiers stay out unless the user lists them in `allow`.
+generates a random salt when it is created and keeps it. Names, institution and device identifiers
+stay out unless the user lists them in `allow`. Dates follow DICOM PS3.15's "Retain Longitudinal
+Temporal Information with Modified Dates" option (113107): `acquired_at` is the real acquisition
+time moved back by one secret offset per patient (keyed by the salt), so the intervals between a
+patient's studies survive and the real dates do not; the real date only when `allow` says so.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
@@ -50,6 +54,7 @@ PHI_VRS: frozenset[str] = frozenset({"PN", "DA", "DT", "TM"})
 # Plain-text or numeric values only: sequences and binary blobs cannot be passed through.
 _UNALLOWABLE_VRS = frozenset({"SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 ACQUIRED_AT = "acquired_at"
+DATE_SHIFT_DAYS = (365, 3650)  # modified dates move back by 1 to 10 years: one secret offset per patient
 
 
 def default_salt(store_salt: str = "") -> str:
@@ -85,15 +90,33 @@ def deidentify(
         patient_id: str | None = str(id_map[raw_patient])
     else:
         patient_id = "p_" + salted_hash(raw_patient, salt) if raw_patient and salt else None
+    acquired = _acquired_at(ds, allow)
+    if acquired is None and not allow & {ACQUIRED_AT, "StudyDate"} and raw_patient and salt:
+        acquired = shift_date(_acquired_at(ds, {ACQUIRED_AT}), date_offset(raw_patient, salt))
     out: dict = {
         "patient_id": patient_id,
         "study_id": "s_" + salted_hash(raw_study, salt) if raw_study and salt else None,
-        "acquired_at": _acquired_at(ds, allow),
+        "acquired_at": acquired,
         "view": _view(ds),
     }
     for keyword in sorted(allow - {ACQUIRED_AT}):
         out[keyword] = _plain(ds.get(keyword))
     return out
+
+
+def date_offset(raw_patient: str, salt: str) -> timedelta:
+    """The patient's secret date shift (whole days, so times of day and weekdays' rhythm are kept)."""
+    low, high = DATE_SHIFT_DAYS
+    return timedelta(days=-(low + int(salted_hash("date-shift\0" + raw_patient, salt), 16) % (high - low)))
+
+
+def shift_date(iso: str | None, offset: timedelta) -> str | None:
+    """An ISO date or date-time moved by `offset` (None stays None)."""
+    if not iso:
+        return None
+    if "T" in iso:
+        return (datetime.fromisoformat(iso) + offset).isoformat()
+    return (date.fromisoformat(iso) + offset).isoformat()
 
 
 def phi_values(ds: Dataset) -> set[str]:

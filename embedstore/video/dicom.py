@@ -23,6 +23,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from embedstore.errors import VideoError
 from embedstore.video.deid import deidentify, default_salt
 from embedstore.video.read import MAX_FRAMES, MAX_SIDE, Video
+from embedstore.video.regions import header_regions
 
 SUPPORTED_PHOTOMETRIC = {
     "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR", "MONOCHROME1", "MONOCHROME2",
@@ -78,6 +79,8 @@ def read_dicom(
         "bits_stored": int(ds.get("BitsStored") or 8),
         "fps_source": fps_source,
         "deid": deid,
+        "us_regions": header_regions(ds),  # chosen and applied by video/regions.mask_video
+        "burned_in_annotation": str(ds.get("BurnedInAnnotation") or "").strip().upper() or None,
     }
     return Video(frames, fps, "dicom", path, meta)
 

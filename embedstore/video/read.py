@@ -69,10 +69,14 @@ def check_frames(frames: np.ndarray, path: Path | str, min_frames: int = 2) -> n
     return frames
 
 
-def read_video(path: str | Path, max_frames: int = MAX_FRAMES, min_frames: int = 2, salt: str = "") -> Video:
+def read_video(path: str | Path, max_frames: int = MAX_FRAMES, min_frames: int = 2, salt: str = "",
+               mask: str | None = None) -> Video:
     """Read an AVI, MP4 or DICOM file; raise VideoError with the file name on any problem.
 
     `salt` keys the de-identified patient/study hashes of DICOM files (the store's own salt).
+    `mask` "on" keeps only the ultrasound image (video/regions.py), "off" records that nothing was
+    masked; None (raw frames) is for the decoder's own checks: pixels that leave video/ for an
+    encoder, a thumbnail or an export go through a store's setting.
     """
     path = Path(path)
     if not path.exists():
@@ -89,6 +93,10 @@ def read_video(path: str | Path, max_frames: int = MAX_FRAMES, min_frames: int =
     else:
         video = _read_av(path, kind, max_frames)
     check_frames(video.frames, path, min_frames)
+    if mask is not None:
+        from embedstore.video.regions import mask_video
+
+        video = mask_video(video, mask)
     return video
 
 

@@ -1,0 +1,110 @@
+"""`ingest` of DICOM trees and DICOMDIR media: patients and studies, modified dates, skipped objects."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import numpy as np
+import pytest
+from pydicom.fileset import FileSet
+
+from embedstore.datasets.ingest import ingest
+from embedstore.datasets.phantom_dicom import make_dicom_phantom
+from embedstore.store import open_store
+from tests.dicom_files import write_dicom
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> dict:
+    """3 patients x 2 studies (2 + 1 cines), files without suffixes as PACS exports them, a still and a
+    non-image object."""
+    root = tmp_path_factory.mktemp("tree")
+    info = make_dicom_phantom(root, patients=3, videos_per_patient=3, studies_per_patient=2, frames=12)
+    for row in info["files"]:  # PACS exports: IM0001-style names, no suffix
+        row["path"] = row["path"].rename(row["path"].with_name(f"IM{info['files'].index(row):04d}"))
+    extra = root / "dicom" / "extra"
+    extra.mkdir()
+    frames = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    write_dicom(extra / "STILL1", frames[:1])
+    report = write_dicom(extra / "SR1", frames)
+    import pydicom
+
+    ds = pydicom.dcmread(report)
+    del ds.PixelData
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR: no image
+    ds.save_as(report)
+    return info
+
+
+def catalog_rows(store) -> dict[str, dict]:
+    return {v["source_path"]: v for v in store.videos()}
+
+
+def test_dicom_tree_ingests_into_patients_and_studies_with_modified_dates(tree, tmp_path):
+    with open_store(tmp_path / "store", create=True) as store:
+        summary = ingest(tree["dicom_dir"], store, progress=False)
+        assert summary.added == 9
+        reasons = {item.rsplit("/", 1)[-1]: reason for item, reason in summary.skipped}
+        assert set(reasons) == {"STILL1", "SR1"}
+        assert "1 frame" in reasons["STILL1"] and "no pixel data" in reasons["SR1"]
+        rows = catalog_rows(store)
+        truth = {str(r["path"].resolve()): r for r in tree["files"]}
+        assert set(rows) == set(truth)
+        # the same grouping as the truth, under keyed hashes
+        patients = {(rows[p]["patient_id"], truth[p]["patient_id"]) for p in rows}
+        studies = {(rows[p]["study_id"], truth[p]["study_id"]) for p in rows}
+        assert len(patients) == 3 == len({a for a, _ in patients}) and len(studies) == 6 == len({a for a, _ in studies})
+        assert all(r["patient_id"].startswith("p_") and "PAT" not in r["patient_id"] for r in rows.values())
+        for path, row in rows.items():  # which region each cine was cut to is recorded
+            region = json.loads(row["image_region"])
+            assert region["source"] == "region" and region["region"]["index"] == 0
+            assert (region["region"]["x0"], region["region"]["y0"]) == truth[path]["region"][:2]
+        assert store.info()["counts"]["patients"] == 3 and store.info()["counts"]["studies"] == 6
+        # modified dates: real dates never stored, intervals between a patient's studies kept exactly
+        offsets = {}
+        for path, row in rows.items():
+            real, stored = truth[path]["acquired"], row["acquired_at"]
+            assert stored is not None and stored.date() != real.date()
+            offsets.setdefault(truth[path]["patient_id"], set()).add(real - stored)
+        assert all(len(o) == 1 for o in offsets.values()), "one offset per patient"
+        assert len({next(iter(o)) for o in offsets.values()}) == 3, "each patient has their own offset"
+        assert all(dt.timedelta(days=365) <= next(iter(o)) <= dt.timedelta(days=3650) for o in offsets.values())
+        print("per-patient date offsets (days):", sorted(next(iter(o)).days for o in offsets.values()))
+
+        again = ingest(tree["dicom_dir"], store, progress=False)
+        assert again.added == 0 and again.unchanged == 9
+        assert store.info()["counts"]["videos"] == 9
+
+
+def test_dicomdir_media_ingests_the_files_it_lists(tree, tmp_path):
+    fileset = FileSet()
+    for row in tree["files"][:4]:
+        fileset.add(row["path"])
+    media = tmp_path / "media"
+    fileset.write(media)
+    with open_store(tmp_path / "store", create=True) as store:
+        summary = ingest(media / "DICOMDIR", store, progress=False)
+        assert summary.added == 4 and not summary.skipped
+        folder = ingest(media, store, progress=False)  # the folder itself: same files, and the DICOMDIR skipped
+        assert folder.added == 0 and folder.unchanged == 4
+        assert [r for _, r in folder.skipped] and "DICOMDIR" in folder.skipped[0][1]
+        assert len({v["study_id"] for v in store.videos()}) == len({r["study_id"] for r in tree["files"][:4]})
+
+
+def test_bad_files_in_a_batch_are_listed_and_the_rest_goes_on(tree, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(tree["files"][0]["path"].parent, src)
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.RegionSpatialFormat, item.RegionDataType = 1, 1
+    item.RegionLocationMinX0, item.RegionLocationMinY0, item.RegionLocationMaxX1, item.RegionLocationMaxY1 = 0, 0, 900, 20
+    frames = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    write_dicom(src / "outside.dcm", frames, header={"SequenceOfUltrasoundRegions": [item]})
+    with open_store(tmp_path / "store", create=True) as store:
+        summary = ingest(src, store, progress=False)
+        assert summary.added == len([f for f in src.iterdir() if f.name.startswith("IM")])
+        ((item_path, reason),) = summary.skipped
+        assert item_path.endswith("outside.dcm") and "lies outside the 32x32 image" in reason and "\n" not in reason
+        assert not any(v["source_path"].endswith("outside.dcm") for v in store.videos())
