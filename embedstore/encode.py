@@ -16,7 +16,7 @@ import numpy as np
 from embedstore.encoders.provenance import check_compatible
 from embedstore.errors import BadInput, EmbedstoreError
 from embedstore.progress import bar
-from embedstore.store import Store
+from embedstore.store import Run, Store
 from embedstore.video.read import read_video
 from embedstore.video.regions import MASK_KEY, MaskedPreparer
 
@@ -94,6 +94,19 @@ def prepared_stream(items: list[tuple[str, str]], preparer, workers: int, ahead:
             yield result
 
 
+def write_batch(write, run: Run | None, ids: list[str], vectors: np.ndarray) -> int:
+    """Commit a batch; a video whose vector is all zeros or not finite fails on its own, named, and the rest
+    are written. (A fully masked, all-black clip through a model without biases gives a zero vector, which
+    has no direction: it used to fail the whole batch.)"""
+    ok = np.isfinite(vectors).all(axis=1) & (np.abs(vectors).sum(axis=1) > 0)
+    for i in np.flatnonzero(~ok).tolist():
+        if run is not None:
+            run.fail(ids[i], f"{ids[i]}: the model gave an all-zero or non-finite vector (a blank video after masking?); "
+                             "check the file")
+    keep = np.flatnonzero(ok).tolist()
+    return write([ids[i] for i in keep], vectors[ok]) if keep else 0
+
+
 def decode_workers() -> int:
     """Decode threads that keep a model fed: one per core but one (the model's), at least 2, at most 8
     (PyAV decodes outside the GIL; past 8 threads the GIL-bound prepare steps stop scaling)."""
@@ -160,10 +173,10 @@ def encode_store(store: Store, encoder, batch_size: int = 8, workers: int | None
                         pbar.update(1)
                         continue
                     for ids, inputs in batches.add(video_id, result):
-                        write(ids, encoder.embed_prepared(inputs))
+                        write_batch(write, run, ids, encoder.embed_prepared(inputs))
                         pbar.update(len(ids))
                 for ids, inputs in batches.drain():
-                    write(ids, encoder.embed_prepared(inputs))
+                    write_batch(write, run, ids, encoder.embed_prepared(inputs))
                     pbar.update(len(ids))
         summary.added = run.added
         summary.failed = list(run.failures)

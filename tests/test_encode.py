@@ -89,3 +89,30 @@ def test_reports_need_a_text_encoder(ingested_store, tmp_path):
 
     with open_store(store) as st, pytest.raises(BadInput, match="no text tower"):
         encode_store(st, get_encoder("r3d", random_init=True), target="reports", progress=False)
+
+
+def test_a_blank_video_fails_alone_and_the_batch_is_written(phantom_cohort, tmp_path):
+    """Random-init r3d on raw 0-255 input has no biases: an all-black clip gives an all-zero vector,
+    which has no direction. That video fails, named; its batch-mates are stored."""
+    import shutil
+
+    import numpy as np
+
+    from embedstore.datasets.ingest import ingest
+    from embedstore.encode import encode_store
+    from embedstore.encoders import get_encoder
+    from embedstore.store import open_store
+    from embedstore.video.write import write_video
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for path in sorted((phantom_cohort / "Videos").glob("*.avi"))[:3]:
+        shutil.copy(path, folder / path.name)
+    write_video(folder / "blank.avi", np.zeros((16, 112, 112, 3), np.uint8), fps=50)
+    with open_store(tmp_path / "s", create=True) as store:
+        store.set_mask("off")
+        ingest(folder, store, progress=False)
+        summary = encode_store(store, get_encoder("r3d", random_init=True, device="cpu"), batch_size=4, progress=False)
+        assert summary.added == 3 and [f["item"] for f in summary.failed] == ["blank"]
+        assert "all-zero" in summary.failed[0]["error"]
+        assert len(store.all_vectors("r3d")[0]) == 3

@@ -104,7 +104,7 @@ def test_encode_runs_full_batches_of_mixed_lengths_and_matches_one_by_one(mixed_
         from embedstore.video.read import read_video
 
         paths = {v["video_id"]: v["source_path"] for v in store.videos()}
-    single = np.concatenate([encoder.embed_prepared([encoder.preparer(read_video(paths[i]))]) for i in ids])
+    single = np.concatenate([encoder.embed_prepared([encoder.preparer(read_video(paths[i], mask="on"))]) for i in ids])
     np.testing.assert_allclose(vectors, single, atol=1e-5)
 
 

@@ -35,6 +35,7 @@ from embedstore.index.search import QueryEncoder, Searcher
 from embedstore.progress import bar
 from embedstore.store import Store, open_store
 from embedstore.video.read import Video, read_video
+from embedstore.video.regions import mask_video
 from embedstore.video.write import write_video
 
 KINDS = ("patient", "study", "duplicate", "near-duplicate")
@@ -147,7 +148,8 @@ def _perturbation_threshold(store: Store, searcher: Searcher, level: float, samp
     if not with_files or sample <= 0:
         return None, "the store has no video files to re-encode"
     try:
-        model = QueryEncoder(store, searcher.encoder).model
+        query = QueryEncoder(store, searcher.encoder)  # the set's encoder, and the mask its videos were read with
+        model = query.model
     except EmbedstoreError as exc:
         return None, f"the encoder cannot be rebuilt here: {exc.message}"
     chosen = np.random.default_rng(seed).choice(len(with_files), min(sample, len(with_files)), replace=False)
@@ -159,7 +161,7 @@ def _perturbation_threshold(store: Store, searcher: Searcher, level: float, samp
                 variants = perturbations(video, Path(tmp))
             except EmbedstoreError:  # an unreadable file is left out of the sample, as a batch goes on past it
                 continue
-            vectors = model.embed_videos([video, *variants.values()])
+            vectors = model.embed_videos([mask_video(v, query.mask) for v in (video, *variants.values())])
             for name, vector in zip(variants, vectors[1:]):
                 cosines[name].append(float(vector @ vectors[0]))
     if not cosines:

@@ -383,7 +383,7 @@ def report_prompts(d: Data) -> tuple[list[str], np.ndarray]:
         if d.studies[k] is not None:
             study_ef.setdefault(d.studies[k], []).append(float(d.ef[k]))
     by_value: dict[int, list[str]] = {}
-    for study, video, text in d.store.catalog.query("SELECT study_id, video_id, text FROM reports ORDER BY report_id"):
+    for study, video, text in d.store.catalog.reports_with_links():
         if not text:
             continue
         if video is not None:

@@ -205,9 +205,7 @@ def _deidentification(store: Store, info: dict, target: str) -> dict:
     """
     if target != "videos":
         return {}
-    n_dicom = store.catalog.query(
-        "SELECT count(*) FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
-        "WHERE e.encoder = ? AND e.target = 'videos' AND v.format = 'dicom'", [info["name"]])[0][0]
+    n_dicom = store.catalog.embedded_dicoms(info["name"])
     if not n_dicom:
         return {}
     codes = ["113100"] + (["113101"] if info["preprocessing"].get("mask") == "on" else []) + ["113107"]

@@ -95,6 +95,7 @@ def classify_store(store, classifier: str = "echoprime", model_data: str | Path 
                    progress: bool = True) -> ViewSummary:
     """Classify the view of every video of `store` without one (all with `all_videos`); a bad file is listed."""
     from embedstore.encode import prepared_stream
+    from embedstore.video.regions import MaskedPreparer
 
     if classifier not in CLASSIFIERS:
         raise BadInput(f"unknown view classifier {classifier!r}; known: {', '.join(CLASSIFIERS)}")
@@ -115,7 +116,8 @@ def classify_store(store, classifier: str = "echoprime", model_data: str | Path 
             ids.clear()
             inputs.clear()
 
-        for video_id, result in prepared_stream(items, model.preparer, workers, ahead=2 * batch_size):
+        preparer = MaskedPreparer(model.preparer, store.mask)  # the classifier sees what the store's encoders see
+        for video_id, result in prepared_stream(items, preparer, workers, ahead=2 * batch_size):
             if isinstance(result, str):
                 run.fail(video_id, result)
                 pbar.update(1)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from embedstore import config
-from embedstore.encode import EncodeSummary, pending_videos, prepare_one, run_args, store_encoding
+from embedstore.encode import EncodeSummary, pending_videos, prepare_one, run_args, store_encoding, write_batch
 from embedstore.encoders import Encoder
 from embedstore.encoders.provenance import rebuild
 from embedstore.errors import BadInput
@@ -86,7 +86,7 @@ def merge_shard(write, path: Path, run: Run | None) -> int:
     """Commit a shard's vectors (one atomic batch), record its failures in `run`, delete it; returns how many were new."""
     with np.load(path, allow_pickle=False) as shard:
         ids, vectors, failed, errors = (shard[k] for k in ("ids", "vectors", "failed", "errors"))
-    added = write(ids.tolist(), vectors) if len(ids) else 0
+    added = write_batch(write, run, ids.tolist(), vectors) if len(ids) else 0
     if run is not None:
         for item, error in zip(failed.tolist(), errors.tolist()):
             run.fail(item, error)

@@ -330,6 +330,15 @@ class Catalog:
         """report_id -> (study_id, video_id)."""
         return {r[0]: (r[1], r[2]) for r in self.query("SELECT report_id, study_id, video_id FROM reports")}
 
+    def reports_with_links(self) -> list[tuple[str | None, str | None, str]]:
+        """(study_id, video_id, text) of every report, by report id."""
+        return self.query("SELECT study_id, video_id, text FROM reports ORDER BY report_id")
+
+    def embedded_dicoms(self, encoder: str) -> int:
+        """How many of `encoder`'s video vectors come from DICOM files."""
+        return int(self.query("SELECT count(*) FROM embeddings e JOIN videos v ON v.video_id = e.item_id "
+                              "WHERE e.encoder = ? AND e.target = 'videos' AND v.format = 'dicom'", [encoder])[0][0])
+
     def embedded_files(self, encoder: str, limit: int) -> list[tuple[str, str]]:
         """(video_id, source_path) of the first `limit` videos, in vector row order, with an `encoder` vector and a path."""
         return self.query(
