@@ -1,7 +1,7 @@
 """Everything that needs a GPU, in one run of under 5 minutes on one GPU, with no network; one table.
 
     .venv/bin/python bench/gpu_smoke.py                  # on a CUDA machine, after `make install-gpu`
-    .venv/bin/python bench/gpu_smoke.py --device cpu --n 20000 --videos 2   # the script itself, on a CPU
+    .venv/bin/python bench/gpu_smoke.py --device cpu --n 20000 --videos 2 --encoders r3d   # the script, on a CPU
 
 1. the @pytest.mark.gpu tests (encoders CUDA vs CPU, batch vs single, GPU exact search, Ray GPU actor);
 2. per encoder (random init: the architecture, so the cost, is the published one): videos/s of the
@@ -72,12 +72,12 @@ def timed(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def encoders(device: str, videos: int, frames: int, batch: int) -> None:
+def encoders(names: list[str], device: str, videos: int, frames: int, batch: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     make_phantom(work / "cohort", patients=videos, videos_per_patient=1, seed=3, frames=frames)
     paths = sorted((work / "cohort" / "Videos").glob("*.avi"))
     clips = [read_video(p) for p in paths]
-    for name in ENCODERS:
+    for name in names:
         vectors = {}
         for precision in ("fp32", "bf16"):
             enc = get_encoder(name, random_init=True, device=device, precision=precision)
@@ -137,13 +137,14 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--encoders", default=",".join(ENCODERS))
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: torch sees no CUDA device; run on a GPU machine, or --device cpu to check the script")
     info = runtime()
     print(f"runtime: {info}", flush=True)
     gpu_tests(args.device)
-    encoders(args.device, args.videos, args.frames, args.batch_size)
+    encoders(args.encoders.split(","), args.device, args.videos, args.frames, args.batch_size)
     exact_search(args.n, args.queries)
     print(f"\n| what | figure | note |  ({', '.join(info['cuda_devices']) or 'no GPU'}; torch {info['torch_version']}, "
           f"faiss {info['faiss_version']} {info['faiss_build']})")
