@@ -431,16 +431,42 @@ def eval_cmd(
                                                       "ef_regression, knn_ef, neighbour_ef_class, same_patient, "
                                                       "retrieval, zero_shot_ef")] = None,
     as_json: JsonOpt = False,
+    all_sets: Annotated[bool, typer.Option("--all", help="every vector set beside the pixel baseline: `embedstore leaderboard`")] = False,
 ) -> None:
     """Linear probe, ridge and kNN EF, neighbours' EF class, same-patient AUC, report retrieval, zero-shot EF: where labels exist."""
     from embedstore.analysis.evaluate import evaluate, to_markdown
     from embedstore.store import open_store
+
+    if all_sets:
+        return leaderboard_cmd(store=store, out=out, bootstrap=bootstrap, seed=seed, as_json=as_json)
 
     with open_store(store, read_only=True) as st:
         report = evaluate(st, encoder, bootstrap=bootstrap, seed=seed,
                           tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None)
     if report["warning"] and as_json:
         typer.echo(report["warning"], err=True)
+    text = json.dumps(report, indent=2, allow_nan=False) if as_json else to_markdown(report)
+    if out is not None:
+        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    typer.echo(text.rstrip("\n"))
+
+
+@command("leaderboard")
+def leaderboard_cmd(
+    store: StoreOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="also write the table to this file (markdown, or JSON with --json)")] = None,
+    bootstrap: int = typer.Option(1000, min=0, help="bootstrap resamples for the 95% intervals (0: none)"),
+    seed: int = typer.Option(0, help="seed of the bootstrap, the pair sample and a split made when the store has none"),
+    raw_only: Annotated[bool, typer.Option("--raw-only", help="leave out the centred rows")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Every vector set (raw and centred) beside the pixel baseline: the same tasks, splits and resamples, with differences."""
+    from embedstore.analysis.leaderboard import leaderboard, to_markdown
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        report = leaderboard(st, bootstrap=bootstrap, seed=seed, centred=not raw_only, progress=not quiet)
     text = json.dumps(report, indent=2, allow_nan=False) if as_json else to_markdown(report)
     if out is not None:
         out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")

@@ -91,6 +91,12 @@ WEIGHTS: dict[str, NamedWeights] = {
             licence="EchoCLIP-R (echonet/echo_CLIP): academic, non-commercial licence; the template vocabulary"
             " is not shipped (load it from your own copy); no redistribution of weights or derived embeddings",
         ),
+        NamedWeights(
+            "pixels",
+            files=(),
+            fetch="nothing to fetch: the pixel baseline has no weights",
+            licence="no weights (embedstore's pixel baseline); vectors carry the licence of the videos",
+        ),
     )
 }
 
