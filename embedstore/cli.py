@@ -51,14 +51,17 @@ def phantom(
     patients: int = typer.Option(20, min=1, help="number of patients"),
     videos_per_patient: int = typer.Option(3, min=1, help="videos per patient (spread over studies)"),
     studies_per_patient: int = typer.Option(1, min=1, help="studies per patient (follow-up visits)"),
-    frames: int = typer.Option(128, min=8, help="frames per video (50 fps)"),
+    frames: int = typer.Option(128, min=8, help="frames per video (50 fps unless --fps-spread)"),
     seed: int = typer.Option(0, help="random seed; the cohort is deterministic for a seed"),
+    size: int = typer.Option(112, help="frame height and width in pixels (even, 32-1024)"),
+    fps_spread: Annotated[bool, typer.Option("--fps-spread", help="EchoNet-like frame rates: most 50 fps, the rest 30-100")] = False,
 ) -> None:
     """Write a synthetic EchoNet-Dynamic-shaped cohort (AVI videos, FileList.csv, tracings, reports)."""
     from embedstore.datasets.phantom import make_phantom
 
     summary = make_phantom(out, patients=patients, videos_per_patient=videos_per_patient,
-                           studies_per_patient=studies_per_patient, seed=seed, frames=frames)
+                           studies_per_patient=studies_per_patient, seed=seed, frames=frames, size=size,
+                           fps_spread=fps_spread)
     typer.echo(f"phantom cohort in {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int)))
 
 
