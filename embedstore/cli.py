@@ -192,18 +192,19 @@ def index_cmd(
     recall: Annotated[float, typer.Option(min=0.0, max=1.0, help="recall@10 the search parameters (efSearch, nprobe) are tuned to")] = 0.95,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    center: Annotated[bool, typer.Option("--center", help="remove the vector set's mean before indexing and from every query (see `embedstore leaderboard`)")] = False,
 ) -> None:
     """Build the FAISS index of an encoder's vectors and measure its recall@10 against exact search."""
     from embedstore.index import build_index
     from embedstore.store import open_store
 
     with open_store(store, read_only=True) as st:
-        side = build_index(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall)
+        side = build_index(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall, center=center)
     if as_json:
         emit(side, True)
         return
     params = ", ".join(f"{k} {v}" for k, v in side["search_params"].items()) or "exact"
-    typer.echo(f"index {encoder}.{target}: {side['factory']} ({side['choice']}), n {side['n']}, "
+    typer.echo(f"index {encoder}.{target}{' (centred)' if side.get('centre') else ''}: {side['factory']} ({side['choice']}), n {side['n']}, "
                f"recall@10 {side['recall_at_10']:.3f} ({params}), {side['build_seconds']:.1f} s")
 
 

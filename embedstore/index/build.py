@@ -24,6 +24,7 @@ import numpy as np
 
 from embedstore.errors import BadInput, NotFound
 from embedstore.index import large
+from embedstore.index.centring import centre, vector_mean
 from embedstore.progress import bar
 from embedstore.store import Store
 from embedstore.store.store import TARGETS
@@ -154,8 +155,12 @@ def search_parameters(params: dict, k: int, selector=None, share: float = 1.0) -
 
 # -- building ---------------------------------------------------------------------------------------
 def build_index(store: Store, encoder: str, target: str = "videos", factory: str | None = None,
-                progress: bool = True, recall_target: float = RECALL_TARGET) -> dict:
-    """Build the index of (encoder, target) from the store, measure its recall@10, save it; returns the sidecar."""
+                progress: bool = True, recall_target: float = RECALL_TARGET, center: bool = False) -> dict:
+    """Build the index of (encoder, target) from the store, measure its recall@10, save it; returns the sidecar.
+
+    center: the set's mean is removed from every vector (re-normalised) before indexing; the sidecar
+    records it as "centre" and the Searcher removes it from every query (index/centring.py).
+    """
     if target not in TARGETS:
         raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     dim = int(store.encoder_info(encoder)["dim"])
@@ -167,18 +172,22 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
     available = available_memory()
     chosen, reason = (factory, "given with --factory") if factory else large.reranked(*choose_factory(len(rows), dim, available))
     if large.is_large(chosen):  # beyond the in-RAM limit: IVF-PQ + exact re-ranking, memory-mapped
+        if center:
+            raise BadInput(f"--center is not available for the memory-mapped {chosen} index; "
+                           f"give --factory HNSW32 (or Flat) to centre, or index without --center")
         return large.build_large(store, encoder, target, chosen, reason, rows, bool(factory), available,
                                  recall_target, progress)
     start = time.perf_counter()
+    mean = _set_mean(store, encoder, target) if center else None
     index = new_index(chosen, dim)
-    _train(index, store, encoder, target, rows)
+    _train(index, store, encoder, target, rows, mean)
     with bar(total=len(rows), desc=f"index {encoder}.{target}", unit="vec", enabled=progress) as pbar:
         position = 0
         for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
-            index.add_with_ids(vectors, rows[position : position + len(vectors)])
+            index.add_with_ids(_centred(vectors, mean), rows[position : position + len(vectors)])
             position += len(vectors)
             pbar.update(len(vectors))
-    params, recall, n_queries = tune(index, store, encoder, target, rows, recall_target)
+    params, recall, n_queries = tune(index, store, encoder, target, rows, recall_target, mean)
     sidecar = {
         "encoder": encoder, "target": target, "factory": chosen, "factory_given": bool(factory), "choice": reason,
         "n": int(index.ntotal), "dim": dim, "metric": METRIC, "fingerprint": fingerprint,
@@ -186,11 +195,31 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
         "recall_target": recall_target,
         "build_seconds": round(time.perf_counter() - start, 3), "memory_available_bytes": available,
         "faiss_version": faiss.__version__, "created": _now(), "incremental_adds": 0,
+        "centre": None if mean is None else [float(x) for x in mean],
     }
     return save_index(store, index, sidecar)
 
 
-def _train(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray) -> None:
+def _set_mean(store: Store, encoder: str, target: str) -> np.ndarray:
+    """The mean stored vector, streamed in batches (float64 sums)."""
+    total, n = None, 0
+    for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
+        part = vector_mean(vectors).astype(np.float64) * len(vectors)
+        total, n = (part if total is None else total + part), n + len(vectors)
+    return (total / n).astype(np.float32)
+
+
+def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    return vectors if mean is None else centre(vectors, mean)
+
+
+def sidecar_centre(sidecar: dict) -> np.ndarray | None:
+    """The mean an index was centred with (None for a raw index)."""
+    return None if sidecar.get("centre") is None else np.asarray(sidecar["centre"], dtype=np.float32)
+
+
+def _train(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray,
+           mean: np.ndarray | None = None) -> None:
     """Train on a seeded sample of stored vectors (IVF and PQ need it; Flat and HNSW do not)."""
     if index.is_trained:
         return
@@ -199,7 +228,7 @@ def _train(index: faiss.Index, store: Store, encoder: str, target: str, rows: np
     sample = np.sort(np.random.default_rng(SEED).choice(rows, size=min(want, len(rows)), replace=False))
     if ivf is not None and faiss.get_num_gpus() > 0:
         _cluster_on_gpu(ivf)
-    index.train(store.vectors.read_rows(encoder, target, sample))
+    index.train(_centred(store.vectors.read_rows(encoder, target, sample), mean))
 
 
 def _cluster_on_gpu(ivf: faiss.IndexIVF) -> None:
@@ -211,16 +240,16 @@ def _cluster_on_gpu(ivf: faiss.IndexIVF) -> None:
 
 
 def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray,
-         recall_target: float = RECALL_TARGET) -> tuple[dict, float, int]:
+         recall_target: float = RECALL_TARGET, mean: np.ndarray | None = None) -> tuple[dict, float, int]:
     """Smallest efSearch/nprobe reaching recall@10 >= recall_target on up to 1000 stored vectors as queries.
 
     Returns (search params, recall@10 at those params, number of queries). Ground truth is exact
     inner-product search, streamed over the stored vectors so memory stays bounded.
     """
     sample = np.sort(np.random.default_rng(SEED).choice(rows, size=min(RECALL_QUERIES, len(rows)), replace=False))
-    queries = store.vectors.read_rows(encoder, target, sample)
+    queries = _centred(store.vectors.read_rows(encoder, target, sample), mean)
     k = min(RECALL_K, len(rows))
-    truth = exact_neighbours(store, encoder, target, rows, queries, k)
+    truth = exact_neighbours(store, encoder, target, rows, queries, k, mean)
     knob = tuning_knob(index)
     values = knob[1] if knob else (None,)
     for value in values:
@@ -232,11 +261,13 @@ def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.n
     return params, round(recall, 4), len(queries)
 
 
-def exact_neighbours(store: Store, encoder: str, target: str, rows: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row ids of the exact top-k inner products of each query, one pass over the stored vectors."""
+def exact_neighbours(store: Store, encoder: str, target: str, rows: np.ndarray, queries: np.ndarray, k: int,
+                     mean: np.ndarray | None = None) -> np.ndarray:
+    """Row ids of the exact top-k inner products of each query, one pass over the stored (centred) vectors."""
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     position = 0
-    for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
+    for _, raw in store.iter_vectors(encoder, target, batch_size=BATCH):
+        vectors = _centred(raw, mean)
         scores, local = faiss.knn(queries, vectors, min(k, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(scores, np.where(local >= 0, rows[position + np.maximum(local, 0)], -1))
         position += len(vectors)
@@ -307,7 +338,8 @@ def load_index(store: Store, encoder: str, target: str = "videos", progress: boo
             return (large.read_index(index_path, updated) if mapped else index), updated
     factory = sidecar["factory"] if sidecar.get("factory_given") else None
     sidecar = build_index(store, encoder, target, factory=factory, progress=progress,
-                          recall_target=sidecar.get("recall_target", RECALL_TARGET))
+                          recall_target=sidecar.get("recall_target", RECALL_TARGET),
+                          center=sidecar.get("centre") is not None)
     return large.read_index(index_path, sidecar), sidecar
 
 
@@ -322,7 +354,7 @@ def _append_new_rows(store: Store, index: faiss.Index, sidecar: dict) -> dict | 
     new = rows[~old]
     for start in range(0, len(new), BATCH):
         chunk = new[start : start + BATCH]
-        index.add_with_ids(store.vectors.read_rows(encoder, target, chunk), chunk)
+        index.add_with_ids(_centred(store.vectors.read_rows(encoder, target, chunk), sidecar_centre(sidecar)), chunk)
     sidecar = {**sidecar, "n": int(index.ntotal), "fingerprint": fingerprint, "last_row": int(rows.max()),
                "incremental_adds": sidecar.get("incremental_adds", 0) + len(new), "updated": _now()}
     return save_index(store, index, sidecar)

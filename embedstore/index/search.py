@@ -18,7 +18,8 @@ import faiss
 import numpy as np
 
 from embedstore.errors import BadInput, Conflict, NotFound
-from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters
+from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters, sidecar_centre
+from embedstore.index.centring import centre
 from embedstore.index.filters import allowed_rows
 from embedstore.store import Store, normalise
 from embedstore.store.store import TARGETS
@@ -181,6 +182,7 @@ class Searcher:
         self._plain_params: dict[int, faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
+        self.centre = sidecar_centre(self.sidecar)  # a centred index: every query loses the same mean
 
     @cached_property
     def _row_of_id(self) -> dict[str, int]:
@@ -201,7 +203,7 @@ class Searcher:
         row = self._row_of_id.get(video_id) if self.target == "videos" else None
         if row is None:  # the reports target, or an unknown id (a clear NotFound)
             vector = self.store.get_vectors(self.encoder, [video_id], "videos")
-        elif self.exact_storage:  # the index holds the stored vector itself: no file read
+        elif self.exact_storage and self.centre is None:  # the index holds the stored vector itself: no file read
             vector = self.index.reconstruct(row).reshape(1, -1)
         else:
             vector = self.store.vectors.read_rows(self.encoder, "videos", np.array([row]))
@@ -267,6 +269,8 @@ class Searcher:
     def _search(self, vector: np.ndarray, k: int, where: str | None, exclude_ids, same_patient: bool,
                 query: dict, start: float) -> SearchResult:
         self._check_k(k)
+        if self.centre is not None:
+            vector = centre(vector, self.centre)
         exclude = self._rows_of(exclude_ids)
         allowed = None if where is None else allowed_rows(self.store, self.encoder, self.target, where)
         if same_patient:
@@ -332,6 +336,8 @@ class Searcher:
             return np.zeros(0, np.float32), NO_ROWS
         vectors = (self.index.reconstruct_batch(rows) if self.exact_storage
                    else self.store.vectors.read_rows(self.encoder, self.target, rows))
+        if self.centre is not None and not self.exact_storage:
+            vectors = centre(vectors, self.centre)
         scores = vectors @ vector[0]
         top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]
@@ -392,7 +398,8 @@ def _provenance(info: dict, sidecar: dict) -> dict:
     return {
         "encoder": info["name"], **{k: info[k] for k in keep},
         "created_at": str(info.get("created_at")), "random_init": info["weights_sha256"] == RANDOM_INIT,
-        "index": {k: sidecar.get(k) for k in ("factory", "n", "recall_at_10", "search_params", "fingerprint", "created")},
+        "index": {**{k: sidecar.get(k) for k in ("factory", "n", "recall_at_10", "search_params", "fingerprint", "created")},
+                  "centred": sidecar.get("centre") is not None},
     }
 
 
