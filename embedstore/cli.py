@@ -436,13 +436,14 @@ def eval_cmd(
                                                       "retrieval, zero_shot_ef")] = None,
     as_json: JsonOpt = False,
     all_sets: Annotated[bool, typer.Option("--all", help="every vector set beside the pixel baseline: `embedstore leaderboard`")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Linear probe, ridge and kNN EF, neighbours' EF class, same-patient AUC, report retrieval, zero-shot EF: where labels exist."""
     from embedstore.analysis.evaluate import evaluate, to_markdown
     from embedstore.store import open_store
 
     if all_sets:
-        return leaderboard_cmd(store=store, out=out, bootstrap=bootstrap, seed=seed, as_json=as_json)
+        return leaderboard_cmd(store=store, out=out, bootstrap=bootstrap, seed=seed, as_json=as_json, quiet=quiet)
 
     with open_store(store, read_only=True) as st:
         report = evaluate(st, encoder, bootstrap=bootstrap, seed=seed,
