@@ -183,9 +183,10 @@ def make_phantom(out: Path | str, patients: int = 20, videos_per_patient: int = 
     over their studies; later studies drift a few EF points and sometimes gain a pacemaker lead.
     A patient is its anatomy (LV size and shape, walls, atria; a small drift between studies); each
     study has its own probe pose, gain, TGC, sector, heart rate; each video its own speckle and tissue
-    texture. fps_spread: EchoNet-like frame rates (most videos at `fps`, the rest 30-100) instead of one. codec "mjpeg" or "mpeg4"
-    (tag XVID) write .avi, "libx264" writes .mp4. The summary's `with_overlay` lists the videos with
-    burned-in text outside the sector, `with_device` those showing a pacemaker lead.
+    texture. fps_spread: EchoNet-like frame rates (most videos at `fps`, the rest 30-100) instead of one.
+    codec "mjpeg" or "mpeg4" (tag XVID) write .avi, "libx264" writes .mp4. The summary's `with_overlay` lists the videos with
+    burned-in text outside the sector, `with_device` those showing a pacemaker lead, `sectors` each
+    video's sector (half-angle in degrees, depth as a share of the frame).
     """
     _check(patients, videos_per_patient, studies_per_patient, seed, frames, fps, size, codec)
     out = Path(out)
@@ -214,6 +215,7 @@ def make_phantom(out: Path | str, patients: int = 20, videos_per_patient: int = 
         "splits": {s: splits.count(s) for s in ("TRAIN", "VAL", "TEST")},
         "with_overlay": [name for study in cohort for name, take in study.takes if take.overlay],
         "with_device": [name for study in cohort for name, _ in study.takes if study.heart.device],
+        "sectors": {name: take.sector for study in cohort for name, take in study.takes},
     }
 
 
@@ -232,9 +234,11 @@ def _write_videos(cohort: list[_Study], videos_dir: Path, frames: int, size: int
     return labels
 
 
-def fan_mask(size: int = REF_SIZE) -> np.ndarray:
-    """Boolean [size, size] mask of the phantom's sector (True inside)."""
-    return _fan(size).mask >= 0.5
+def fan_mask(size: int = REF_SIZE, half_angle_deg: float = FAN_HALF_ANGLE_DEG,
+             depth_fraction: float = FAN_RADIUS) -> np.ndarray:
+    """Boolean [size, size] mask of a phantom sector (True inside): by default the widest and deepest,
+    which holds every study's; a video's own is fan_mask(size, *summary["sectors"][FileName])."""
+    return _fan(size, half_angle_deg, depth_fraction).mask >= 0.5
 
 
 def disk_volume_ml(length: float, diameters: np.ndarray, spacing_cm: float) -> float:
