@@ -48,7 +48,7 @@ def pixel_images(frames: np.ndarray, grid: int = GRID) -> np.ndarray:
 
 @register("pixels")
 class Pixels(Encoder):
-    """Weightless: `weights` and `random_init` are accepted for a uniform interface and ignored."""
+    """Weightless: random_init is accepted and ignored, weights only as None or "none" (what provenance records)."""
 
     dim = 2 * GRID * GRID
     spec = {
@@ -65,7 +65,7 @@ class Pixels(Encoder):
         if unknown:
             raise BadInput(f"encoder pixels has no option {', '.join(unknown)}; its options are "
                            f"{', '.join(sorted(self.defaults))}")
-        if weights is not None:
+        if weights is not None and str(weights) != NO_WEIGHTS:
             raise BadInput("encoder pixels has no weights; drop --weights")
         self.options = {**self.defaults, **options}
         self.device = "cpu"
