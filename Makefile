@@ -22,29 +22,32 @@ $(STAMP): pyproject.toml
 # then the R3D recipe in short: fine-tune r3d on the cohort, encode with it, compare neighbours' EF class.
 # Re-running it is idempotent: every step skips what is already done (an interrupted training resumes).
 demo: $(STAMP)
-	@echo "== 1/9 phantom cohort (synthetic, EchoNet-Dynamic-shaped) in $(DEMO)/cohort"
+	@echo "== 1/10 phantom cohort (synthetic, EchoNet-Dynamic-shaped) in $(DEMO)/cohort"
 	$(ES) phantom $(DEMO)/cohort --patients 20 --videos-per-patient 3 --seed 1
-	@echo "== 2/9 ingest into the store $(DEMO)/store"
+	@echo "== 2/10 ingest into the store $(DEMO)/store"
 	$(ES) ingest $(DEMO)/cohort --store $(DEMO)/store --reports $(DEMO)/cohort/reports.csv --quiet
-	@echo "== 3/9 encode with r3d (no published weights on this machine: random init, on purpose and recorded)"
+	@echo "== 3/10 encode with r3d (no published weights on this machine: random init, on purpose and recorded)"
 	$(ES) encode --store $(DEMO)/store --encoder r3d --random-init --quiet
-	@echo "== 4/9 build the FAISS index"
+	@echo "== 4/10 build the FAISS index"
 	$(ES) index --store $(DEMO)/store --encoder r3d
-	@echo "== 5/9 search by a video file"
+	@echo "== 5/10 search by a video file"
 	$(ES) search --store $(DEMO)/store --encoder r3d -k 5 --video "$$(ls $(DEMO)/cohort/Videos/*.avi | head -n 1)"
-	@echo "== 6/9 store summary"
+	@echo "== 6/10 store summary"
 	$(ES) info --store $(DEMO)/store
 	@# lr 1e-3, not the paper's 1e-5: that one fine-tunes a Kinetics start; this start is random (bench/train.py).
-	@echo "== 7/9 fine-tune r3d as an EF < 50% classifier (TRAIN; epoch picked on VAL; TEST scored): short, from random init"
+	@echo "== 7/10 fine-tune r3d as an EF < 50% classifier (TRAIN; epoch picked on VAL; TEST scored): short, from random init"
 	@if [ -f $(DEMO)/r3d-phantom.pt ]; then echo "already trained: $(DEMO)/r3d-phantom.pt"; else \
 	  $(ES) train r3d --store $(DEMO)/store --init random --epochs 3 --lr 1e-3 --accumulate 1 --clip-length 4 \
 	    --quiet --out $(DEMO)/r3d-phantom.pt $$(ls $(DEMO)/r3d-phantom.pt.epoch* >/dev/null 2>&1 && echo --resume); fi
-	@echo "== 8/9 encode with the trained checkpoint (a second store: a store holds one set of r3d weights)"
+	@echo "== 8/10 encode with the trained checkpoint (a second store: a store holds one set of r3d weights)"
 	$(ES) ingest $(DEMO)/cohort --store $(DEMO)/store-trained --quiet
 	$(ES) encode --store $(DEMO)/store-trained --encoder r3d --weights $(DEMO)/r3d-phantom.pt --quiet
-	@echo "== 9/9 do a video's nearest neighbours (other patients) share its EF class? random init, then trained"
+	@echo "== 9/10 do a video's nearest neighbours (other patients) share its EF class? random init, then trained"
 	$(ES) eval --store $(DEMO)/store --encoder r3d --tasks neighbour_ef_class --bootstrap 200
 	$(ES) eval --store $(DEMO)/store-trained --encoder r3d --tasks neighbour_ef_class --bootstrap 200
+	@echo "== 10/10 leaderboard: every vector set (raw and centred) beside the pixel baseline (no weights), same tasks and splits"
+	$(ES) eval --all --store $(DEMO)/store --bootstrap 200 --quiet
+	$(ES) eval --all --store $(DEMO)/store-trained --bootstrap 200 --quiet
 
 test: $(STAMP)
 	bash tests/browser_setup.sh

@@ -57,14 +57,17 @@ def phantom(
     patients: int = typer.Option(20, min=1, help="number of patients"),
     videos_per_patient: int = typer.Option(3, min=1, help="videos per patient (spread over studies)"),
     studies_per_patient: int = typer.Option(1, min=1, help="studies per patient (follow-up visits)"),
-    frames: int = typer.Option(128, min=8, help="frames per video (50 fps)"),
+    frames: int = typer.Option(128, min=8, help="frames per video (50 fps unless --fps-spread)"),
     seed: int = typer.Option(0, help="random seed; the cohort is deterministic for a seed"),
+    size: int = typer.Option(112, help="frame height and width in pixels (even, 32-1024)"),
+    fps_spread: Annotated[bool, typer.Option("--fps-spread", help="EchoNet-like frame rates: most 50 fps, the rest 30-100")] = False,
 ) -> None:
     """Write a synthetic EchoNet-Dynamic-shaped cohort (AVI videos, FileList.csv, tracings, reports)."""
     from embedstore.datasets.phantom import make_phantom
 
     summary = make_phantom(out, patients=patients, videos_per_patient=videos_per_patient,
-                           studies_per_patient=studies_per_patient, seed=seed, frames=frames)
+                           studies_per_patient=studies_per_patient, seed=seed, frames=frames, size=size,
+                           fps_spread=fps_spread)
     typer.echo(f"phantom cohort in {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int)))
 
 
@@ -227,18 +230,19 @@ def index_cmd(
     recall: Annotated[float, typer.Option(min=0.0, max=1.0, help="recall@10 the search parameters (efSearch, nprobe) are tuned to")] = 0.95,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    center: Annotated[bool, typer.Option("--center", help="remove the vector set's mean before indexing and from every query (see `embedstore leaderboard`)")] = False,
 ) -> None:
     """Build the FAISS index of an encoder's vectors and measure its recall@10 against exact search."""
     from embedstore.index.build import index_store
     from embedstore.store import open_store
 
     with open_store(store, read_only=True, write_derived=True) as st:
-        side = index_store(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall)
+        side = index_store(st, encoder, target, factory=factory, progress=not quiet, recall_target=recall, center=center)
     if as_json:
         emit(side, True)
         return
     params = ", ".join(f"{k} {v}" for k, v in side["search_params"].items()) or "exact"
-    typer.echo(f"index {encoder}.{target}: {side['factory']} ({side['choice']}), n {side['n']}, "
+    typer.echo(f"index {encoder}.{target}{' (centred)' if side.get('centre') else ''}: {side['factory']} ({side['choice']}), n {side['n']}, "
                f"recall@10 {side['recall_at_10']:.3f} ({params}), {side['build_seconds']:.1f} s")
     if side.get("retuned"):
         typer.echo(f"  retuned to recall {side['recall_target']} along the measured curve: same vectors, no rebuild")
@@ -522,16 +526,43 @@ def eval_cmd(
                                                       "ef_regression, knn_ef, neighbour_ef_class, same_patient, "
                                                       "retrieval, zero_shot_ef")] = None,
     as_json: JsonOpt = False,
+    all_sets: Annotated[bool, typer.Option("--all", help="every vector set beside the pixel baseline: `embedstore leaderboard`")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Linear probe, ridge and kNN EF, neighbours' EF class, same-patient AUC, report retrieval, zero-shot EF: where labels exist."""
     from embedstore.analysis.evaluate import evaluate, to_markdown
     from embedstore.store import open_store
+
+    if all_sets:
+        return leaderboard_cmd(store=store, out=out, bootstrap=bootstrap, seed=seed, as_json=as_json, quiet=quiet)
 
     with open_store(store, read_only=True) as st:
         report = evaluate(st, encoder, bootstrap=bootstrap, seed=seed,
                           tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None)
     if report["warning"] and as_json:
         typer.echo(report["warning"], err=True)
+    text = json.dumps(report, indent=2, allow_nan=False) if as_json else to_markdown(report)
+    if out is not None:
+        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    typer.echo(text.rstrip("\n"))
+
+
+@command("leaderboard")
+def leaderboard_cmd(
+    store: StoreOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="also write the table to this file (markdown, or JSON with --json)")] = None,
+    bootstrap: int = typer.Option(1000, min=0, help="bootstrap resamples for the 95% intervals (0: none)"),
+    seed: int = typer.Option(0, help="seed of the bootstrap, the pair sample and a split made when the store has none"),
+    raw_only: Annotated[bool, typer.Option("--raw-only", help="leave out the centred rows")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Every vector set (raw and centred) beside the pixel baseline: the same tasks, splits and resamples, with differences."""
+    from embedstore.analysis.leaderboard import leaderboard, to_markdown
+    from embedstore.store import open_store
+
+    with open_store(store, read_only=True) as st:
+        report = leaderboard(st, bootstrap=bootstrap, seed=seed, centred=not raw_only, progress=not quiet)
     text = json.dumps(report, indent=2, allow_nan=False) if as_json else to_markdown(report)
     if out is not None:
         out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")

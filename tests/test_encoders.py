@@ -273,8 +273,8 @@ def test_unknown_encoder_lists_the_known_ones():
     with pytest.raises(NotFound) as err:
         get_encoder("x")
     assert str(err.value) == (
-        "unknown encoder 'x'; known: r3d, r3d-v0, videomae, echoclip, echoclip-r, echoprime, echoprime-text, panecho;"
-        " run `embedstore encoders`"
+        "unknown encoder 'x'; known: r3d, r3d-v0, videomae, echoclip, echoclip-r, echoprime, echoprime-text, panecho,"
+        " pixels; run `embedstore encoders`"
     )
 
 
@@ -310,7 +310,8 @@ def test_list_encoders_builds_no_model_and_shows_found_weights(monkeypatch, offl
 
     monkeypatch.setattr(Encoder, "__init__", no_build)
     rows = {row["name"]: row for row in list_encoders()}
-    assert list(rows) == ["r3d", "r3d-v0", "videomae", "echoclip", "echoclip-r", "echoprime", "echoprime-text", "panecho"]
+    assert list(rows) == ["r3d", "r3d-v0", "videomae", "echoclip", "echoclip-r", "echoprime", "echoprime-text", "panecho",
+                          "pixels"]
     assert rows["r3d"]["weights"] == str(installed)
     assert rows["videomae"]["weights"] == "not found"
     assert rows["echoclip-r"]["modalities"] == ["text", "video"] and rows["echoclip"]["dim"] == 512

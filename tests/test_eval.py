@@ -205,6 +205,12 @@ def test_same_patient_auc_over_all_pairs(report, truth):
     assert m["mean_cosine_same_patient"] == pytest.approx(cos[same].mean(), **close)
     assert m["mean_cosine_same_study"] == pytest.approx(cos[same & same_study].mean(), **close)
     assert m["mean_cosine_other_study"] == pytest.approx(cos[same & ~same_study].mean(), **close)
+    for key, positive in (("auc_same_study", same & same_study), ("auc_other_study", same & ~same_study)):
+        keep = positive | ~same  # these same-patient pairs against every different-patient pair
+        assert m[key] == pytest.approx(roc_auc_score(positive[keep], cos[keep]), **close)
+        lo, hi = report["tasks"]["same_patient"]["ci95"][key]
+        assert lo <= m[key] <= hi
+    assert m["auc_other_study"] < m["auc_same_study"]  # a study's videos share more than the patient
     # EchoCLIP-R's ordering: strangers < same patient other study < same study
     assert m["mean_cosine_different_patients"] < m["mean_cosine_other_study"] < m["mean_cosine_same_study"]
 

@@ -238,3 +238,42 @@ def test_other_codecs_and_sizes(tmp_path, codec, suffix, size):
 def test_bad_arguments_are_refused(tmp_path, kwargs):
     with pytest.raises(BadInput):
         make_phantom(tmp_path, **kwargs)
+
+
+def test_patients_differ_by_anatomy_and_studies_by_acquisition():
+    """Two studies of a patient: the same anatomy (a small drift), another probe pose, gain, TGC, sector
+    and heart rate; every video its own texture. Videos of one study share the study's set-up."""
+    from embedstore.datasets.phantom import _plan
+
+    cohort = _plan(12, 4, 2, seed=3)
+    by_patient = defaultdict(list)
+    for study in cohort:
+        by_patient[study.patient_id].append(study)
+    textures = [take.texture_seed for study in cohort for _, take in study.takes]
+    assert len(set(textures)) == len(textures) == 48
+    rotation_steps, drifts = [], []
+    for first, second in by_patient.values():
+        for study in (first, second):
+            takes = [take for _, take in study.takes]
+            assert len({(t.sector, t.tgc_db) for t in takes}) == 1  # one set-up per study
+        a, b = first.takes[0][1], second.takes[0][1]
+        assert a.sector != b.sector and a.tgc_db != b.tgc_db
+        assert first.heart.heart_rate != second.heart.heart_rate
+        rotation_steps.append(abs(a.rotation - b.rotation))
+        for key in ("lv_length", "lv_width", "wall"):
+            drifts.append(abs(getattr(second.heart, key) / getattr(first.heart, key) - 1))
+        assert 34 <= min(a.sector[0], b.sector[0]) and max(a.sector[0], b.sector[0]) <= 42
+    assert np.median(rotation_steps) > np.radians(3)  # the probe moves between studies ...
+    assert max(drifts) < 0.15 and np.median(drifts) < 0.05  # ... the heart barely changes
+    lengths = [s[0].heart.lv_length for s in by_patient.values()]
+    assert np.std(lengths) / np.mean(lengths) > 3 * np.median(drifts)  # patients differ far more than visits
+
+
+def test_fps_spread_is_echonet_like(tmp_path):
+    summary = make_phantom(tmp_path, patients=12, videos_per_patient=2, frames=8, fps_spread=True, size=64)
+    file_rows = _read_csv(summary["file_list"])
+    fps = np.array([float(r["FPS"]) for r in file_rows])
+    assert 0.5 <= np.mean(fps == 50) < 1 and fps.min() >= 30 and fps.max() <= 100
+    for r in file_rows[:6]:
+        video = read_video(summary["videos_dir"] / f"{r['FileName']}.avi")
+        assert video.fps == pytest.approx(float(r["FPS"]), rel=0.01) and video.frames.shape[1:3] == (64, 64)

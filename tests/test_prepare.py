@@ -26,7 +26,7 @@ def test_sector_mask_keeps_the_fan_and_blanks_burned_in_text(tmp_path):
     info = make_phantom(tmp_path, patients=6, videos_per_patient=2, seed=4, frames=48)
     assert info["with_overlay"], "the cohort should draw burned-in text on some videos"
     video = read_video(info["videos_dir"] / f"{info['with_overlay'][0]}.avi")
-    fan = fan_mask(video.height)
+    fan = fan_mask(video.height, *info["sectors"][info["with_overlay"][0]])  # this study's sector
     outside = ~fan
     # The overlay really is there: bright static pixels outside the fan.
     assert (video.frames[..., 0].max(axis=0)[outside] > 100).sum() > 20

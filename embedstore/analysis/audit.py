@@ -31,6 +31,7 @@ import numpy as np
 
 from embedstore.analysis.evaluate import EF_CUTOFF, SEEDED_SHARES, SPLITS
 from embedstore.errors import BadInput, Conflict, EmbedstoreError, NotFound
+from embedstore.index.centring import centre
 from embedstore.index.search import QueryEncoder, Searcher
 from embedstore.progress import bar
 from embedstore.store import Store, open_store
@@ -162,6 +163,8 @@ def _perturbation_threshold(store: Store, searcher: Searcher, level: float, samp
             except EmbedstoreError:  # an unreadable file is left out of the sample, as a batch goes on past it
                 continue
             vectors = model.embed_videos([mask_video(v, query.mask) for v in (video, *variants.values())])
+            if searcher.centre is not None:  # compared as the index compares (a centred index: centred cosines)
+                vectors = centre(vectors, searcher.centre)
             for name, vector in zip(variants, vectors[1:]):
                 cosines[name].append(float(vector @ vectors[0]))
     if not cosines:

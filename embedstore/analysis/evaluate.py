@@ -11,7 +11,9 @@ Tasks (metric functions in analysis/metrics.py):
   queries, beside the share chance gives. Uses every split: it describes the vectors as stored.
 - same_patient: AUC of the cosine of video pairs for "same patient" (all pairs, or every same-patient
   pair plus a seeded sample of the others when there are many), and mean cosines for different
-  patients / same patient (same study, other study) - EchoCLIP-R's figure. Uses every video: the
+  patients / same patient (same study, other study) - EchoCLIP-R's figure; auc_same_study and
+  auc_other_study score only the same-study (other-study) same-patient pairs against the
+  different-patient ones, since videos of one study share probe pose and gain. Uses every video: the
   encoder was not trained here.
 - retrieval: video <-> report (reports link to videos by video_id, else by study_id): mean and median
   rank each way, MCMRR (the mean of the two mean ranks), recall@1/5/10, with the EchoCLIP paper's one
@@ -127,6 +129,12 @@ def _json_ready(value):
 def load_data(store: Store, encoder: str, n_boot: int, seed: int, model=None) -> tuple[Data, str]:
     """The video vectors with their catalog labels and split, and where the split came from."""
     ids, vectors = store.all_vectors(encoder, "videos")
+    return data_for(store, encoder, ids, vectors, n_boot, seed, model)
+
+
+def data_for(store: Store, encoder: str, ids: list[str], vectors: np.ndarray, n_boot: int, seed: int,
+             model=None) -> tuple[Data, str]:
+    """Data for any row-aligned (ids, vectors), stored or not (the leaderboard's on-the-fly pixel baseline)."""
     labels = video_labels(store, ids, ["ef", "patient_id", "study_id", "split", "source_path"])
     split, source = _split(labels["split"], labels["patient_id"], ids, seed)
     ef = np.array([np.nan if v is None else float(v) for v in labels["ef"]], dtype=np.float64)
@@ -259,9 +267,16 @@ def same_patient(d: Data) -> dict:
         means["mean_cosine_same_study"] = float(cosine[same_study].mean())
     if other_study.any():
         means["mean_cosine_other_study"] = float(cosine[other_study].mean())
+    ci = {"auc": d.ci(lambda r: M.grouped_auc(groups, n_groups, same, np.bincount(r, minlength=len(same))), len(same))}
+    for name, positive in (("auc_same_study", same_study), ("auc_other_study", other_study)):
+        if positive.any():  # these same-patient pairs against the different-patient ones; other pairs left out
+            keep = positive | ~same
+            means[name] = M.grouped_auc(groups[keep], n_groups, positive[keep])
+            ci[name] = d.ci(lambda r, keep=keep, positive=positive: M.grouped_auc(
+                groups[keep], n_groups, positive[keep], np.bincount(r, minlength=len(same))[keep]), len(same))
     return {"n": int(len(cosine)),
             "metrics": {"auc": M.grouped_auc(groups, n_groups, same), **means},
-            "ci95": {"auc": d.ci(lambda r: M.grouped_auc(groups, n_groups, same, np.bincount(r, minlength=len(same))), len(same))},
+            "ci95": ci,
             "details": {"pairs": int(len(cosine)), "same_patient_pairs": int(same.sum()), "videos": int(len(idx)),
                         "patients": int(len(set(patients))),
                         "sampled": bool(len(idx) * (len(idx) - 1) // 2 > MAX_PAIRS),

@@ -202,10 +202,41 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int, 
     """
     if n_boot <= 0 or n < 2:
         return None
+    return percentile_interval(bootstrap_values(statistic, n, n_boot, seed), level)
+
+
+def bootstrap_values(statistic: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int) -> np.ndarray:
+    """statistic of each of n_boot seeded resamples of range(n) (NaN where undefined).
+
+    The same (n, n_boot, seed) draws the same resamples, so two statistics over the same units
+    (two encoders' errors on the same TEST videos) give a paired bootstrap of their difference.
+    """
     rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) < n_boot / 2:
+    return np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=np.float64)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """Percentile interval of bootstrap values, NaNs left out; None when fewer than half are defined."""
+    finite = values[np.isfinite(values)]
+    if len(values) == 0 or len(finite) < len(values) / 2:
         return None
     tail = (1 - level) / 2 * 100
-    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+    return [float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))]
+
+
+def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Per row: the share of its k most cosine-similar other rows under vectors `a` that are also
+    among its k nearest under `b` (two encoders' unit vectors of the same videos, row-aligned)."""
+    k = min(k, len(a) - 1)
+    out = np.empty(len(a), dtype=np.float64)
+    if k < 1:
+        return np.full(len(a), np.nan)
+    for start in range(0, len(a), CHUNK):
+        rows = np.arange(start, min(start + CHUNK, len(a)))
+        tops = []
+        for vectors in (a, b):
+            sims = vectors[rows] @ vectors.T
+            sims[np.arange(len(rows)), rows] = -np.inf
+            tops.append(np.argpartition(-sims, k - 1, axis=1)[:, :k])
+        out[rows] = [len(np.intersect1d(x, y, assume_unique=True)) / k for x, y in zip(*tops)]
+    return out

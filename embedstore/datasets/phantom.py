@@ -70,7 +70,6 @@ class _Heart:
     la_size: tuple[float, float]  # (width, depth) as fractions of LV width and length
     ra_size: tuple[float, float]  # (width, depth) as fractions of RV width and LV length
     device: bool  # pacemaker lead through the right atrium into the right ventricle
-    texture_seed: int
 
     @property
     def long_shortening(self) -> float:
@@ -89,12 +88,32 @@ class _Heart:
 
 
 @dataclass(frozen=True)
+class _Setup:
+    """A study's acquisition: the probe pose, the machine's settings and the day's heart rate.
+
+    Why per study: videos of one study share them, videos of another study of the same patient do
+    not, so only the anatomy tells two studies of one patient apart from other patients.
+    """
+
+    rotation: float  # probe rotation about the fan apex, radians
+    shift: tuple[float, float]  # reference pixels
+    gain_db: float
+    tgc_db: tuple[float, float, float]  # time-gain compensation at the near field, mid depth and far field
+    sector: tuple[float, float]  # half-angle in degrees, depth as a fraction of the frame (at most the defaults)
+    heart_rate: float
+
+
+@dataclass(frozen=True)
 class _Take:
     """One acquisition: probe pose, gain, timing and noise differ between a patient's videos."""
 
     rotation: float  # probe rotation about the fan apex, radians
     shift: tuple[float, float]  # reference pixels
     gain_db: float
+    tgc_db: tuple[float, float, float]
+    sector: tuple[float, float]
+    fps: float
+    texture_seed: int  # tissue texture: drawn per video, like the speckle (not a patient's signature)
     phase: float  # where the first end-diastole falls, as a fraction of where it may fall
     foreshortening: float  # factor on the LV length seen in this view
     squeeze: float  # factor on the narrowing: beat-to-beat and view-to-view variability
@@ -158,25 +177,29 @@ class _Labels:
 
 def make_phantom(out: Path | str, patients: int = 20, videos_per_patient: int = 3, studies_per_patient: int = 1,
                  seed: int = 0, frames: int = 128, fps: float = 50.0, size: int = 112,
-                 codec: str = "mjpeg") -> dict:
+                 codec: str = "mjpeg", fps_spread: bool = False) -> dict:
     """Write a phantom cohort under `out` and return a summary (counts, paths, pixel spacing).
 
     About 35% of patients have EF < 50%; splits are by patient. A patient's videos are spread evenly
-    over their studies; later studies drift a few EF points and sometimes gain a pacemaker lead. codec "mjpeg" or "mpeg4"
-    (tag XVID) write .avi, "libx264" writes .mp4. The summary's `with_overlay` lists the videos with
-    burned-in text outside the sector, `with_device` those showing a pacemaker lead.
+    over their studies; later studies drift a few EF points and sometimes gain a pacemaker lead.
+    A patient is its anatomy (LV size and shape, walls, atria; a small drift between studies); each
+    study has its own probe pose, gain, TGC, sector, heart rate; each video its own speckle and tissue
+    texture. fps_spread: EchoNet-like frame rates (most videos at `fps`, the rest 30-100) instead of one.
+    codec "mjpeg" or "mpeg4" (tag XVID) write .avi, "libx264" writes .mp4. The summary's `with_overlay` lists the videos with
+    burned-in text outside the sector, `with_device` those showing a pacemaker lead, `sectors` each
+    video's sector (half-angle in degrees, depth as a share of the frame).
     """
     _check(patients, videos_per_patient, studies_per_patient, seed, frames, fps, size, codec)
     out = Path(out)
     videos_dir = out / "Videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
-    cohort = _plan(patients, videos_per_patient, studies_per_patient, seed)
-    labels = _write_videos(cohort, videos_dir, frames, fps, size, codec)
+    cohort = _plan(patients, videos_per_patient, studies_per_patient, seed, fps, fps_spread)
+    labels = _write_videos(cohort, videos_dir, frames, size, codec)
     paths = {"file_list": out / "FileList.csv", "volume_tracings": out / "VolumeTracings.csv",
              "reports": out / "reports.csv"}
     file_rows = [[name, _num(labels[name].ef), _num(labels[name].esv), _num(labels[name].edv), size, size,
-                  f"{fps:g}", frames, study.split, study.patient_id, study.study_id]
-                 for study in cohort for name, _ in study.takes]
+                  f"{take.fps:g}", frames, study.split, study.patient_id, study.study_id]
+                 for study in cohort for name, take in study.takes]
     _write_csv(paths["file_list"], FILE_LIST_COLUMNS, file_rows)
     _write_csv(paths["volume_tracings"], TRACING_COLUMNS,
                [[f"{name}{CODEC_SUFFIX[codec]}", *map(_num, row), frame] for study in cohort for name, _ in study.takes
@@ -188,33 +211,35 @@ def make_phantom(out: Path | str, patients: int = 20, videos_per_patient: int = 
     return {
         "root": out, "videos_dir": videos_dir, **paths,
         "patients": patients, "studies": len(cohort), "videos": len(file_rows),
-        "frames": frames, "fps": fps, "size": size, "codec": codec,
+        "frames": frames, "fps": fps, "fps_spread": fps_spread, "size": size, "codec": codec,
         "pixel_spacing_cm": PIXEL_SPACING_CM * REF_SIZE / size,
         "splits": {s: splits.count(s) for s in ("TRAIN", "VAL", "TEST")},
         "with_overlay": [name for study in cohort for name, take in study.takes if take.overlay],
         "with_device": [name for study in cohort for name, _ in study.takes if study.heart.device],
+        "sectors": {name: take.sector for study in cohort for name, take in study.takes},
     }
 
 
-def _write_videos(cohort: list[_Study], videos_dir: Path, frames: int, fps: float, size: int,
-                  codec: str) -> dict[str, _Labels]:
+def _write_videos(cohort: list[_Study], videos_dir: Path, frames: int, size: int, codec: str) -> dict[str, _Labels]:
     """Draw and encode every video; FFmpeg encodes one video while the next is drawn."""
     labels: dict[str, _Labels] = {}
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1) as writer:
         for study in cohort:
             for name, take in study.takes:
-                grey, labels[name] = _render(study.heart, take, frames, fps, size)
+                grey, labels[name] = _render(study.heart, take, frames, size)
                 if pending is not None:
                     pending.result()  # at most one drawn video waits in memory
-                pending = writer.submit(write_video, videos_dir / f"{name}{CODEC_SUFFIX[codec]}", grey, fps, codec)
+                pending = writer.submit(write_video, videos_dir / f"{name}{CODEC_SUFFIX[codec]}", grey, take.fps, codec)
         pending.result()
     return labels
 
 
-def fan_mask(size: int = REF_SIZE) -> np.ndarray:
-    """Boolean [size, size] mask of the phantom's sector (True inside)."""
-    return _fan(size).mask >= 0.5
+def fan_mask(size: int = REF_SIZE, half_angle_deg: float = FAN_HALF_ANGLE_DEG,
+             depth_fraction: float = FAN_RADIUS) -> np.ndarray:
+    """Boolean [size, size] mask of a phantom sector (True inside): by default the widest and deepest,
+    which holds every study's; a video's own is fan_mask(size, *summary["sectors"][FileName])."""
+    return _fan(size, half_angle_deg, depth_fraction).mask >= 0.5
 
 
 def render_cohort(patients: int, videos_per_patient: int, studies_per_patient: int, seed: int, frames: int,
@@ -264,7 +289,7 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
-def _plan(patients: int, videos: int, studies: int, seed: int) -> list[_Study]:
+def _plan(patients: int, videos: int, studies: int, seed: int, fps: float = 50.0, fps_spread: bool = False) -> list[_Study]:
     """Patients with their studies and takes (a patient's videos spread evenly over the studies);
     EF classes and splits are stratified by patient."""
     order = _rng(seed, 0).permutation(patients)
@@ -279,10 +304,12 @@ def _plan(patients: int, videos: int, studies: int, seed: int) -> list[_Study]:
         for k in range(studies):
             if k:
                 heart = _follow_up(heart, _rng(seed, 4, p, k))
-            setup = _study_setup(_rng(seed, 5, p, k))
-            takes = tuple((_file_name(_rng(seed, 6, p, k, i), names), _draw_take(_rng(seed, 7, p, k, i), *setup))
+            setup = _study_setup(_rng(seed, 5, p, k), heart.heart_rate)
+            takes = tuple((_file_name(_rng(seed, 6, p, k, i), names),
+                           _draw_take(_rng(seed, 7, p, k, i), setup, _video_fps(_rng(seed, 8, p, k, i), fps, fps_spread)))
                           for i in range(videos // studies + (k < videos % studies)))
-            cohort.append(_Study(patient_id, f"{patient_id}-S{k + 1}", splits[p], heart, takes))
+            cohort.append(_Study(patient_id, f"{patient_id}-S{k + 1}", splits[p],
+                                 replace(heart, heart_rate=setup.heart_rate), takes))
     return cohort
 
 
@@ -333,33 +360,48 @@ def _draw_heart(rng: np.random.Generator, low_ef: bool) -> _Heart:
         ef=ef, heart_rate=rng.uniform(50, 110),
         lv_length=48 + 18 * dilation + rng.normal(0, 1.5), lv_width=26 + 16 * dilation + rng.normal(0, 1.2),
         bluntness=rng.uniform(0.2, 0.8), tilt=math.radians(rng.uniform(6, 14)),
-        apex=(2.5 + rng.normal(0, 2.0), 13 + rng.normal(0, 1.5)), wall=wall, septum=wall * rng.uniform(0.9, 1.2),
+        apex=(2.5 + rng.normal(0, 1.0), 13 + rng.normal(0, 0.8)), wall=wall, septum=wall * rng.uniform(0.9, 1.2),
         rv_length=rng.uniform(0.72, 0.85), rv_width=rng.uniform(0.65, 0.85),
         la_size=(rng.uniform(0.8, 1.0), rng.uniform(0.45, 0.65)),
         ra_size=(rng.uniform(0.85, 1.05), rng.uniform(0.4, 0.6)),
-        device=bool(rng.random() < _DEVICE_SHARE), texture_seed=int(rng.integers(2 ** 32)),
+        device=bool(rng.random() < _DEVICE_SHARE),
     )
 
 
 def _follow_up(heart: _Heart, rng: np.random.Generator) -> _Heart:
-    """A later study of the same patient: EF drifts a few points, sometimes a device appears."""
+    """A later study of the same patient: EF drifts a few points, the anatomy a little, sometimes a device appears."""
+    thicken = 1 + rng.normal(0, 0.03)
     return replace(heart, ef=float(np.clip(heart.ef + rng.normal(0, 3.0), 12, 78)),
-                   heart_rate=float(np.clip(heart.heart_rate + rng.normal(0, 5), 50, 110)),
                    lv_length=heart.lv_length * (1 + rng.normal(0, 0.015)),
                    lv_width=heart.lv_width * (1 + rng.normal(0, 0.015)),
+                   bluntness=float(np.clip(heart.bluntness + rng.normal(0, 0.03), 0.1, 0.9)),
+                   wall=heart.wall * thicken, septum=heart.septum * thicken,
+                   la_size=tuple(x * (1 + rng.normal(0, 0.03)) for x in heart.la_size),
+                   ra_size=tuple(x * (1 + rng.normal(0, 0.03)) for x in heart.ra_size),
                    device=heart.device or bool(rng.random() < _NEW_DEVICE_SHARE))
 
 
-def _study_setup(rng: np.random.Generator) -> tuple[float, tuple[float, float], float]:
-    """A study's probe rotation, shift and gain: the day's set-up, around which its videos vary."""
-    return rng.normal(0, math.radians(2.0)), (rng.normal(0, 1.5), rng.normal(0, 1.5)), rng.normal(0, 1.5)
+def _study_setup(rng: np.random.Generator, resting_rate: float) -> _Setup:
+    """A study's probe pose, machine settings and heart rate: the day's set-up, around which its videos vary."""
+    return _Setup(rotation=float(np.clip(rng.normal(0, math.radians(7.0)), -math.radians(14), math.radians(14))),
+                  shift=(float(np.clip(rng.normal(0, 5.0), -9, 9)), float(np.clip(rng.normal(0, 4.0), -4, 8))),
+                  gain_db=rng.normal(0, 5.0), tgc_db=tuple(float(x) for x in rng.normal(0, 4.0, 3)),
+                  sector=(rng.uniform(34.0, FAN_HALF_ANGLE_DEG), rng.uniform(0.80, FAN_RADIUS)),
+                  heart_rate=float(np.clip(resting_rate + rng.normal(0, 12), 45, 120)))
 
 
-def _draw_take(rng: np.random.Generator, rotation: float, shift: tuple[float, float], gain_db: float) -> _Take:
-    """One video of a study: small probe movements around the study's pose, new noise and timing."""
-    return _Take(rotation=rotation + rng.normal(0, math.radians(1.0)),
-                 shift=(shift[0] + rng.normal(0, 0.8), shift[1] + rng.normal(0, 0.8)),
-                 gain_db=gain_db + rng.normal(0, 0.8), phase=rng.random(), foreshortening=rng.uniform(0.94, 1.0),
+def _video_fps(rng: np.random.Generator, fps: float, spread: bool) -> float:
+    """`fps`, or with spread an EchoNet-like rate: 70% at `fps`, the rest 30-100 frames per second."""
+    return fps if not spread or rng.random() < 0.7 else float(rng.integers(30, 101))
+
+
+def _draw_take(rng: np.random.Generator, setup: _Setup, fps: float) -> _Take:
+    """One video of a study: small probe movements around the study's pose, new noise, texture and timing."""
+    return _Take(rotation=setup.rotation + rng.normal(0, math.radians(1.0)),
+                 shift=(setup.shift[0] + rng.normal(0, 0.8), setup.shift[1] + rng.normal(0, 0.8)),
+                 gain_db=setup.gain_db + rng.normal(0, 0.8), tgc_db=setup.tgc_db, sector=setup.sector, fps=fps,
+                 texture_seed=int(rng.integers(2 ** 32)),
+                 phase=rng.random(), foreshortening=rng.uniform(0.94, 1.0),
                  squeeze=1 + rng.normal(0, 0.03), overlay=bool(rng.random() < _OVERLAY_SHARE),
                  seed=int(rng.integers(2 ** 32)))
 
@@ -377,14 +419,14 @@ def _activation(phase: np.ndarray, systole: float) -> np.ndarray:
     return values[i] + (values[i + 1] - values[i]) * (0.5 - 0.5 * np.cos(np.pi * u))
 
 
-def _cycle(heart: _Heart, take: _Take, frames: int, fps: float) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def _cycle(heart: _Heart, take: _Take, frames: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Per frame: contraction state (quantised) and whether the AV valves are shut; and the traced
     end-diastolic and end-systolic frames (one beat, as in EchoNet).
 
     The first end-diastole falls early enough for its systole to fit in the clip; a clip shorter than
     one systole shows part of it, and its traced frames are its fullest and emptiest.
     """
-    beat = 60 * fps / heart.heart_rate
+    beat = 60 * take.fps / heart.heart_rate
     start = take.phase * min(beat, max(frames - 1 - heart.systole * beat, 0))
     phase = ((np.arange(frames) - start) / beat) % 1
     state = (np.rint(_activation(phase, heart.systole) * (_LEVELS - 1)) / (_LEVELS - 1)).astype(np.float32)
@@ -434,14 +476,15 @@ def _volume(length: float, width: float, bluntness: float) -> float:
 # drawing
 
 
-@lru_cache(maxsize=8)
-def _fan(size: int) -> _Fan:
-    """The sector: apex at the top centre, 84 degrees wide, black outside."""
+@lru_cache(maxsize=64)
+def _fan(size: int, half_angle_deg: float = FAN_HALF_ANGLE_DEG, depth_fraction: float = FAN_RADIUS) -> _Fan:
+    """The sector: apex at the top centre, black outside; 84 degrees wide and 93% of the frame deep at
+    most (a study may use a narrower, shallower one)."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     dx, dy = x - (size - 1) / 2, y - FAN_APEX_Y * size
     radius, angle = np.hypot(dx, dy), np.arctan2(dx, dy)
-    depth = FAN_RADIUS * size
-    inside = np.minimum((math.radians(FAN_HALF_ANGLE_DEG) - np.abs(angle)) * radius, depth - radius)
+    depth = depth_fraction * size
+    inside = np.minimum((math.radians(half_angle_deg) - np.abs(angle)) * radius, depth - radius)
     fan = _Fan(np.clip(inside + 0.5, 0, 1), radius, angle, depth, inside < -2)
     for array in (fan.mask, fan.radius, fan.angle, fan.outside):
         array.setflags(write=False)
@@ -634,9 +677,9 @@ def _upsample(images: np.ndarray, size: int, sub: int) -> np.ndarray:
     return rows[:, :, lo] * (1 - w) + rows[:, :, lo + 1] * w
 
 
-def _texture_db(s: np.ndarray, v: np.ndarray, heart: _Heart) -> np.ndarray:
-    """Slowly varying tissue brightness fixed to the patient's anatomy (moves with the probe)."""
-    field = gaussian_filter(np.random.default_rng(heart.texture_seed).standard_normal((96, 96)), 4)
+def _texture_db(s: np.ndarray, v: np.ndarray, seed: int) -> np.ndarray:
+    """Slowly varying tissue brightness (moves with the probe), drawn anew for every video."""
+    field = gaussian_filter(np.random.default_rng(seed).standard_normal((96, 96)), 4)
     field *= 3.0 / (field.std() + 1e-9)
     coords = np.stack([(s + 60) / 2.5, (v + 120) / 2.5])  # covers s in [-60, 180), v in [-120, 120)
     return map_coordinates(field, coords, order=1, mode="nearest").astype(np.float32)
@@ -750,14 +793,14 @@ def _display(display: np.ndarray, inverse: np.ndarray, fields: np.ndarray, mix: 
     return out
 
 
-def _render(heart: _Heart, take: _Take, frames: int, fps: float, size: int) -> tuple[np.ndarray, _Labels]:
+def _render(heart: _Heart, take: _Take, frames: int, size: int) -> tuple[np.ndarray, _Labels]:
     """Draw one video (uint8 grey [T, H, W]) and measure its labels from the very shapes drawn."""
-    fan, pose = _fan(size), _pose(heart, take, size)
+    fan, pose = _fan(size, *take.sector), _pose(heart, take, size)
     rng = np.random.default_rng(take.seed)
-    state, shut, (ed, es) = _cycle(heart, take, frames, fps)
+    state, shut, (ed, es) = _cycle(heart, take, frames)
     keys, key_of_frame = np.unique(np.rint(state * (_LEVELS - 1)).astype(int) * 2 + shut, return_inverse=True)
     s, v = pose.lv_coords(*_grid(size, 1))
-    display = _state_display(_state_images(keys, s, v, pose, heart, take), s, v, heart, take, fan)
+    display = _state_display(_state_images(keys, s, v, pose, heart, take), s, v, take, fan)
     grey = _display(display.reshape(len(keys), -1), key_of_frame.ravel(), _speckle_fields(rng, size),
                     _speckle_mix(rng, frames), fan.mask.ravel()).reshape(frames, size, size)
     if take.overlay:
@@ -783,13 +826,16 @@ def _state_images(keys: np.ndarray, s, v, pose: _Pose, heart: _Heart, take: _Tak
     return linear
 
 
-def _state_display(linear: np.ndarray, s, v, heart: _Heart, take: _Take, fan: _Fan) -> np.ndarray:
+def _state_display(linear: np.ndarray, s, v, take: _Take, fan: _Fan) -> np.ndarray:
     """Log-compress state images to display units (0-255 before speckle), in place: near-field
-    clutter, tissue texture, gain and depth attenuation as a scanner shows them."""
-    linear += _CLUTTER * np.exp(-fan.radius / (0.06 * fan.mask.shape[0]))
+    clutter, tissue texture, gain, time-gain compensation and depth attenuation as a scanner shows them."""
+    size = fan.mask.shape[0]
+    linear += _CLUTTER * np.exp(-fan.radius / (0.06 * size))
     display = np.log(linear, out=linear)
     display *= 20 / math.log(10)
-    display += _texture_db(s, v, heart) + take.gain_db - _DEPTH_LOSS_DB * fan.radius / fan.depth + _RANGE_DB - _TOP_DB
+    depth = fan.radius / (FAN_RADIUS * size)  # attenuation is physical: per reference depth, not per sector depth
+    tgc = np.interp(depth, (0.0, 0.5, 1.0), take.tgc_db).astype(np.float32)
+    display += _texture_db(s, v, take.texture_seed) + take.gain_db + tgc - _DEPTH_LOSS_DB * depth + _RANGE_DB - _TOP_DB
     display *= 255 / _RANGE_DB
     return display
 

@@ -189,7 +189,7 @@ def register(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
 
 def _builtins() -> None:
     """Import the built-in encoder modules so their @register lines run."""
-    from embedstore.encoders import echoclip, echoprime, echoprime_text, panecho, r3d, videomae  # noqa: F401
+    from embedstore.encoders import echoclip, echoprime, echoprime_text, panecho, pixels, r3d, videomae  # noqa: F401
 
 
 def get_encoder(

@@ -130,6 +130,12 @@ WEIGHTS: dict[str, NamedWeights] = {
             licence="PanEcho (CarDS-Yale/PanEcho): weights CC BY-NC-SA 4.0, code AGPLv3; non-commercial, no"
             " redistribution of the weights; derived embeddings share alike under CC BY-NC-SA 4.0",
         ),
+        NamedWeights(
+            "pixels",
+            files=(),
+            fetch="nothing to fetch: the pixel baseline has no weights",
+            licence="no weights (embedstore's pixel baseline); vectors carry the licence of the videos",
+        ),
     )
 }
 # Licences whose terms forbid passing the weights' vectors on without the authors' permission (export's gate).

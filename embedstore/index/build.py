@@ -26,6 +26,7 @@ import numpy as np
 from embedstore.devices import faiss_gpus
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index import exact, large
+from embedstore.index.centring import centre, vector_mean
 from embedstore.progress import bar
 from embedstore.store import Store
 from embedstore.store.atomic import whole_or_absent
@@ -161,12 +162,16 @@ def search_parameters(params: dict, k: int, selector=None, share: float = 1.0) -
 
 # -- building ---------------------------------------------------------------------------------------
 def build_index(store: Store, encoder: str, target: str = "videos", factory: str | None = None,
-                progress: bool = True, recall_target: float = RECALL_TARGET) -> dict:
-    """Build the index of (encoder, target) from the store, measure its recall@10, save it; returns the sidecar."""
+                progress: bool = True, recall_target: float = RECALL_TARGET, center: bool = False) -> dict:
+    """Build the index of (encoder, target) from the store, measure its recall@10, save it; returns the sidecar.
+
+    center: the set's mean is removed from every vector (re-normalised) before indexing; the sidecar
+    records it as "centre" and the Searcher removes it from every query (index/centring.py).
+    """
     if target not in TARGETS:
         raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     dim = int(store.encoder_info(encoder)["dim"])
-    retuned = retune(store, encoder, target, factory, recall_target)
+    retuned = retune(store, encoder, target, factory, recall_target, center)
     if retuned is not None:  # same vectors, same factory: only the search setting moves, no rebuild
         return retuned
     fingerprint = store.catalog.fingerprint(encoder, target)
@@ -177,18 +182,22 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
     available = available_memory()
     chosen, reason = (factory, "given with --factory") if factory else large.reranked(*choose_factory(len(rows), dim, available))
     if large.is_large(chosen):  # beyond the in-RAM limit: IVF-PQ + exact re-ranking, memory-mapped
+        if center:
+            raise BadInput(f"--center is not available for the memory-mapped {chosen} index; "
+                           f"give --factory HNSW32 (or Flat) to centre, or index without --center")
         return large.build_large(store, encoder, target, chosen, reason, rows, bool(factory), available,
                                  recall_target, progress)
     start = time.perf_counter()
+    mean = _set_mean(store, encoder, target) if center else None
     index = new_index(chosen, dim)
-    _train(index, store, encoder, target, rows)
+    _train(index, store, encoder, target, rows, mean)
     with bar(total=len(rows), desc=f"index {encoder}.{target}", unit="vec", enabled=progress) as pbar:
         position = 0
         for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
-            index.add_with_ids(vectors, rows[position : position + len(vectors)])
+            index.add_with_ids(_centred(vectors, mean), rows[position : position + len(vectors)])
             position += len(vectors)
             pbar.update(len(vectors))
-    params, recall, n_queries, curve = tune(index, store, encoder, target, rows, recall_target)
+    params, recall, n_queries, curve = tune(index, store, encoder, target, rows, recall_target, mean)
     sidecar = {
         "encoder": encoder, "target": target, "factory": chosen, "factory_given": bool(factory), "choice": reason,
         "n": int(index.ntotal), "dim": dim, "metric": METRIC, "fingerprint": fingerprint,
@@ -196,14 +205,16 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
         "recall_target": recall_target, "curve": curve,
         "build_seconds": round(time.perf_counter() - start, 3), "memory_available_bytes": available,
         "faiss_version": faiss.__version__, "created": _now(), "incremental_adds": 0,
+        "centre": None if mean is None else [float(x) for x in mean],
     }
     return save_index(store, index, sidecar)
 
 
 def index_store(store: Store, encoder: str, target: str = "videos", factory: str | None = None,
-                progress: bool = True, recall_target: float = RECALL_TARGET) -> dict:
+                progress: bool = True, recall_target: float = RECALL_TARGET, center: bool = False) -> dict:
     """`embedstore index`: build the index and, for videos, refit the same-patient calibration readers use."""
-    sidecar = build_index(store, encoder, target, factory=factory, progress=progress, recall_target=recall_target)
+    sidecar = build_index(store, encoder, target, factory=factory, progress=progress, recall_target=recall_target,
+                          center=center)
     if target == "videos":
         from embedstore.index.similar import calibration
 
@@ -221,14 +232,33 @@ def refresh(store: Store, encoder: str, target: str = "videos") -> None:
             calibration(store, encoder)
 
 
-def _train(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray) -> None:
+def _set_mean(store: Store, encoder: str, target: str) -> np.ndarray:
+    """The mean stored vector, streamed in batches (float64 sums)."""
+    total, n = None, 0
+    for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
+        part = vector_mean(vectors).astype(np.float64) * len(vectors)
+        total, n = (part if total is None else total + part), n + len(vectors)
+    return (total / n).astype(np.float32)
+
+
+def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    return vectors if mean is None else centre(vectors, mean)
+
+
+def sidecar_centre(sidecar: dict) -> np.ndarray | None:
+    """The mean an index was centred with (None for a raw index)."""
+    return None if sidecar.get("centre") is None else np.asarray(sidecar["centre"], dtype=np.float32)
+
+
+def _train(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray,
+           mean: np.ndarray | None = None) -> None:
     """Train on a seeded sample of stored vectors (IVF and PQ need it; Flat and HNSW do not)."""
     if index.is_trained:
         return
     ivf = faiss.try_extract_index_ivf(index)
     want = max(64 * (ivf.nlist if ivf is not None else 256), 65_536)
     sample = np.sort(np.random.default_rng(SEED).choice(rows, size=min(want, len(rows)), replace=False))
-    train_index(index, store.vectors.read_rows(encoder, target, sample))
+    train_index(index, _centred(store.vectors.read_rows(encoder, target, sample), mean))
 
 
 def train_index(index: faiss.Index, vectors: np.ndarray) -> None:
@@ -255,7 +285,7 @@ def train_index(index: faiss.Index, vectors: np.ndarray) -> None:
 
 
 def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray,
-         recall_target: float = RECALL_TARGET) -> tuple[dict, float, int, list[dict]]:
+         recall_target: float = RECALL_TARGET, mean: np.ndarray | None = None) -> tuple[dict, float, int, list[dict]]:
     """Measure recall@10 and latency along the index's efSearch/nprobe grid; pick the smallest setting
     that reaches `recall_target`.
 
@@ -270,8 +300,8 @@ def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.n
     knob = tuning_knob(index)
     if knob is None or k < 1:
         return {}, 1.0, len(sample), []  # exact search (or a single vector): nothing to tune
-    queries = store.vectors.read_rows(encoder, target, sample)
-    truth = without_own(exact_neighbours(store, encoder, target, rows, queries, k + 1), sample, k)
+    queries = _centred(store.vectors.read_rows(encoder, target, sample), mean)
+    truth = without_own(exact_neighbours(store, encoder, target, rows, queries, k + 1, mean), sample, k)
     curve = []
     for value in knob[1]:
         params = {knob[0]: value}
@@ -297,9 +327,10 @@ def without_own(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     return np.stack([f[f != o][:k] for f, o in zip(found, own)])
 
 
-def retune(store: Store, encoder: str, target: str, factory: str | None, recall_target: float) -> dict | None:
+def retune(store: Store, encoder: str, target: str, factory: str | None, recall_target: float,
+           center: bool = False) -> dict | None:
     """Move an up-to-date index along its recorded tuning curve to `recall_target`: the new sidecar, or
-    None when a build is needed (no index, stale, another factory asked for, no curve recorded)."""
+    None when a build is needed (no index, stale, another factory or centring asked for, no curve recorded)."""
     index_path, sidecar_path = index_paths(store, encoder, target)
     try:
         sidecar = json.loads(sidecar_path.read_text())
@@ -307,6 +338,7 @@ def retune(store: Store, encoder: str, target: str, factory: str | None, recall_
         return None
     wanted = factory if factory is not None else (None if sidecar.get("factory_given") else sidecar.get("factory"))
     if (not sidecar.get("curve") or not index_path.exists() or wanted != sidecar.get("factory")
+            or center != (sidecar.get("centre") is not None)
             or sidecar.get("fingerprint") != store.catalog.fingerprint(encoder, target)):
         return None
     try:  # a damaged file (a partial copy, a full disk) is rebuilt, not retuned
@@ -322,11 +354,13 @@ def retune(store: Store, encoder: str, target: str, factory: str | None, recall_
     return sidecar
 
 
-def exact_neighbours(store: Store, encoder: str, target: str, rows: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row ids of the exact top-k inner products of each query, one pass over the stored vectors."""
+def exact_neighbours(store: Store, encoder: str, target: str, rows: np.ndarray, queries: np.ndarray, k: int,
+                     mean: np.ndarray | None = None) -> np.ndarray:
+    """Row ids of the exact top-k inner products of each query, one pass over the stored (centred) vectors."""
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     position = 0
-    for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
+    for _, raw in store.iter_vectors(encoder, target, batch_size=BATCH):
+        vectors = _centred(raw, mean)
         scores, local = exact.knn(queries, vectors, min(k, len(vectors)))
         heap.add_result(scores, np.where(local >= 0, rows[position + np.maximum(local, 0)], -1))
         position += len(vectors)
@@ -423,7 +457,8 @@ def load_index(store: Store, encoder: str, target: str = "videos", progress: boo
             return (large.read_index(index_path, updated) if mapped else index), updated
     factory = sidecar.get("factory") if sidecar.get("factory_given") else None
     sidecar = build_index(store, encoder, target, factory=factory, progress=progress,
-                          recall_target=sidecar.get("recall_target", RECALL_TARGET))
+                          recall_target=sidecar.get("recall_target", RECALL_TARGET),
+                          center=sidecar.get("centre") is not None)
     return large.read_index(index_path, sidecar), sidecar
 
 
@@ -447,8 +482,8 @@ def exact_in_memory(store: Store, encoder: str, target: str, sidecar: dict) -> t
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     position = 0
     rows = np.array([row for _, row in store.catalog.embedding_map(encoder, target)], dtype=np.int64)
-    for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):
-        index.add_with_ids(vectors, rows[position : position + len(vectors)])
+    for _, vectors in store.iter_vectors(encoder, target, batch_size=BATCH):  # centred as the stale index was
+        index.add_with_ids(_centred(vectors, sidecar_centre(sidecar)), rows[position : position + len(vectors)])
         position += len(vectors)
     return index, {**sidecar, "factory": "Flat", "search_params": {}, "n": int(index.ntotal),
                    "fingerprint": store.catalog.fingerprint(encoder, target), "recall_at_10": 1.0,
@@ -466,7 +501,7 @@ def _append_new_rows(store: Store, index: faiss.Index, sidecar: dict) -> dict | 
     new = rows[~old]
     for start in range(0, len(new), BATCH):
         chunk = new[start : start + BATCH]
-        index.add_with_ids(store.vectors.read_rows(encoder, target, chunk), chunk)
+        index.add_with_ids(_centred(store.vectors.read_rows(encoder, target, chunk), sidecar_centre(sidecar)), chunk)
     sidecar = {**sidecar, "n": int(index.ntotal), "fingerprint": fingerprint, "last_row": int(rows.max()),
                "incremental_adds": sidecar.get("incremental_adds", 0) + len(new), "updated": _now()}
     return save_index(store, index, sidecar)

@@ -20,7 +20,8 @@ import numpy as np
 
 from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.errors import BadInput, Conflict, NotFound
-from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters
+from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters, sidecar_centre
+from embedstore.index.centring import centre
 from embedstore.store import Store, normalise
 from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
 from embedstore.store.store import TARGETS
@@ -161,6 +162,7 @@ class Searcher:
         self._plain_params: dict[int, faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
+        self.centre = sidecar_centre(self.sidecar)  # a centred index: every query loses the same mean
         self.filter_timeout_s = FILTER_TIMEOUT_S  # the service lowers it to its request budget
         self._filters: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._filters_lock = threading.Lock()
@@ -203,7 +205,7 @@ class Searcher:
         row = self._row_of_id.get(video_id) if self.target == "videos" else None
         if row is None:  # the reports target, or an unknown id (a clear NotFound)
             vector = self.store.get_vectors(self.encoder, [video_id], "videos")
-        elif self.exact_storage:  # the index holds the stored vector itself: no file read
+        elif self.exact_storage and self.centre is None:  # the index holds the stored vector itself: no file read
             vector = self.index.reconstruct(row).reshape(1, -1)
         else:
             vector = self.store.vectors.read_rows(self.encoder, "videos", np.array([row]))
@@ -329,13 +331,20 @@ class Searcher:
         return self.vectors_at(rows), rows
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
-        """Stored vectors of HDF5 rows (no file read when the index holds the vectors exactly)."""
+        """Stored vectors of HDF5 rows (no file read when the index holds them exactly and uncentred)."""
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows):
             return np.zeros((0, self.dim), np.float32)
-        if self.exact_storage:
+        if self.exact_storage and self.centre is None:
             return self.index.reconstruct_batch(rows)
         return self.store.vectors.read_rows(self.encoder, self.target, rows)
+
+    def _indexed_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of rows as the index compares them (centred when the index is)."""
+        if self.exact_storage:
+            return self.index.reconstruct_batch(rows)
+        vectors = self.store.vectors.read_rows(self.encoder, self.target, rows)
+        return vectors if self.centre is None else centre(vectors, self.centre)
 
     def _rows_of_list(self, ids: list[str]) -> np.ndarray:
         return np.array([self._row_of_id.get(i, -1) for i in ids], dtype=np.int64)
@@ -344,6 +353,8 @@ class Searcher:
                          exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
         """The batch form of _neighbours: one FAISS call (or one matrix product over a small filtered set)."""
         self._check_k(k)
+        if self.centre is not None and len(queries):
+            queries = centre(queries, self.centre)
         n_queries = len(queries)
         if exclude is None or not (np.asarray(exclude) >= 0).any():
             exclude = None
@@ -381,7 +392,7 @@ class Searcher:
     def _exact_many(self, queries: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores = queries @ self.vectors_at(rows).T
+        scores = queries @ self._indexed_vectors(rows).T
         top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else np.tile(np.arange(n), (len(queries), 1))
         top_scores = np.take_along_axis(scores, top, axis=1)
         order = np.argsort(-top_scores, axis=1, kind="stable")
@@ -406,6 +417,8 @@ class Searcher:
                 query: dict, start: float, query_id: str | None = None,
                 restrict: np.ndarray | None = None) -> SearchResult:
         self._check_k(k)
+        if self.centre is not None:
+            vector = centre(vector, self.centre)
         exclude = self._rows_of(exclude_ids)
         allowed = None if where is None else self.allowed(where)
         if restrict is not None:  # rows a query kind itself limits to (a study's section)
@@ -514,9 +527,7 @@ class Searcher:
     def _exact(self, vector: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n == 0:
             return np.zeros(0, np.float32), NO_ROWS
-        vectors = (self.index.reconstruct_batch(rows) if self.exact_storage
-                   else self.store.vectors.read_rows(self.encoder, self.target, rows))
-        scores = vectors @ vector[0]
+        scores = self._indexed_vectors(rows) @ vector[0]
         top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]
         return scores[top], rows[top]
@@ -571,7 +582,8 @@ def _provenance(info: dict, sidecar: dict) -> dict:
     return {
         "encoder": info["name"], **{k: info[k] for k in keep},
         "created_at": str(info.get("created_at")), "random_init": info["weights_sha256"] == RANDOM_INIT,
-        "index": {k: sidecar.get(k) for k in ("factory", "n", "recall_at_10", "search_params", "fingerprint", "created")},
+        "index": {**{k: sidecar.get(k) for k in ("factory", "n", "recall_at_10", "search_params", "fingerprint", "created")},
+                  "centred": sidecar.get("centre") is not None},
     }
 
 
