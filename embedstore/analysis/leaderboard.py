@@ -106,14 +106,15 @@ def video_sets(store: Store) -> list[str]:
 def pixel_vectors(store: Store, items: list[tuple[str, str]], workers: int = 2,
                   progress: bool = False) -> tuple[list[str], np.ndarray, int]:
     """(ids, pixel-baseline vectors, how many files failed) for (video_id, path) pairs, computed now."""
-    from embedstore.encode import prepared_stream
+    from embedstore.encode import prepared_stream, store_encoding
     from embedstore.encoders import get_encoder
     from embedstore.progress import bar
 
     encoder = get_encoder(BASELINE)
+    _, preparer = store_encoding(store, encoder)  # the pixels a stored `pixels` set would see (the store's mask)
     ids, inputs, failed = [], [], 0
     with bar(total=len(items), desc="pixel baseline", unit="video", enabled=progress) as pbar:
-        for video_id, result in prepared_stream(items, encoder.preparer, workers, ahead=2 * max(1, workers)):
+        for video_id, result in prepared_stream(items, preparer, workers, ahead=2 * max(1, workers)):
             if isinstance(result, str):
                 failed += 1
             else:

@@ -53,12 +53,15 @@ class Pixels(Encoder):
     dim = 2 * GRID * GRID
     spec = {
         "images": "temporal mean and temporal std of grey frames (all frames)",
-        "mask": "video.prepare.sector_mask (largest moving region, rows filled)",
+        "sector_mask": "video.prepare.sector_mask (largest moving region, rows filled)",
         "crop": "centre square",
         "grid": [GRID, GRID],
         "downsample": "area average (torch adaptive_avg_pool2d)",
         "normalise": "each image L2, then the concatenation L2",
     }
+    card = {"input_scale": "grey 0-255, each image L2-normalised", "frames": "all (temporal mean and std)",
+            "resize": f"centre square, area average to {GRID}x{GRID}"}
+    defaults = {**Encoder.defaults, "precision": "fp32"}  # numpy arithmetic: there is nothing to autocast
 
     def __init__(self, weights=None, random_init: bool = False, device: str = "auto", **options):
         unknown = sorted(set(options) - set(self.defaults))
@@ -69,6 +72,7 @@ class Pixels(Encoder):
             raise BadInput("encoder pixels has no weights; drop --weights")
         self.options = {**self.defaults, **options}
         self.device = "cpu"
+        self.precision = "fp32"
         self.spec = dict(type(self).spec)
         self.resolved = None
         self.model = None
