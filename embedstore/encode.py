@@ -42,7 +42,7 @@ class EncodeSummary:
                 "provenance": self.provenance, "warnings": self.warnings}
 
 
-def store_encoding(store: Store, encoder) -> tuple[dict, MaskedPreparer]:
+def store_encoding(store: Store, encoder) -> tuple[dict, MaskedPreparer | None]:
     """The provenance (with the mask setting) and the preparer behind that mask, for every engine.
 
     A vector set keeps the mask it was started with (sets from before masking: off), so it is never
@@ -52,7 +52,7 @@ def store_encoding(store: Store, encoder) -> tuple[dict, MaskedPreparer]:
     mask = existing["preprocessing"].get(MASK_KEY, "off") if existing else store.mask
     prov = encoder.provenance()
     prov["preprocessing"][MASK_KEY] = mask
-    return prov, MaskedPreparer(encoder.preparer, mask)
+    return prov, MaskedPreparer(encoder.preparer, mask) if "video" in encoder.modalities else None  # text-only: none
 
 
 def pending_videos(store: Store, encoder: str) -> tuple[list[tuple[str, str]], int]:

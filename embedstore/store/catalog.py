@@ -28,9 +28,11 @@ VIDEO_COLUMNS = [
     "image_region",
 ]
 
-METADATA_TABLES = {"videos": ("videos", "video_id"), "reports": ("reports", "report_id")}
+METADATA_TABLES = {"videos": ("videos", "video_id"), "reports": ("reports", "report_id"),
+                   "studies": ("study_sections", "item_id")}
 METADATA_COLUMNS = {"videos": (*VIDEO_COLUMNS, "added_at"),
-                    "reports": ("report_id", "study_id", "video_id", "patient_id", "text")}
+                    "reports": ("report_id", "study_id", "video_id", "patient_id", "text"),
+                    "studies": ("item_id", "study_id", "section", "patient_id", "n_videos")}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
