@@ -206,3 +206,22 @@ def test_ray_encodes_on_a_gpu_actor_like_the_cpu(mixed_lengths, tmp_path):
     assert json.loads(args)["device"] == "cuda"
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.mark.gpu
+def test_batch_search_on_the_gpus_equals_the_cpu_index(tmp_path, monkeypatch):
+    from embedstore.devices import faiss_gpus
+    from embedstore.index import Searcher, build_index
+    from embedstore.index import search as search_module
+    from tests.test_index import make_store
+
+    if faiss_gpus() == 0:
+        pytest.skip("the faiss build sees no GPU (`make install-gpu` installs faiss-gpu)")
+    store, _, vectors = make_store(tmp_path / "s", 3000)
+    with store:
+        build_index(store, "toy", progress=False)
+        searcher = Searcher(store, "toy")
+        on_gpu = searcher.search_many(vectors=vectors[:100], k=10)
+        monkeypatch.setattr(search_module, "faiss_gpus", lambda: 0)
+        on_cpu = searcher.search_many(vectors=vectors[:100], k=10)
+    assert [[h.id for h in r.hits] for r in on_gpu] == [[h.id for h in r.hits] for r in on_cpu]

@@ -19,7 +19,9 @@ import faiss
 import numpy as np
 
 from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
+from embedstore.devices import faiss_gpus
 from embedstore.errors import BadInput, Conflict, NotFound
+from embedstore.index import exact
 from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters, sidecar_centre
 from embedstore.index.centring import centre
 from embedstore.store import Store, normalise
@@ -35,6 +37,7 @@ META_COLUMNS = {
 }
 NO_ROWS = np.zeros(0, dtype=np.int64)
 FILTERS_CACHED = 32  # where-filters' allowed rows kept per Searcher (its catalog cannot change while it is open)
+GPU_BATCH_MIN = 64  # queries in a batch before an exact batch search goes to the GPUs (copies cost more below)
 EXACT_SUBSET_MAX = 8192  # a filter leaving at most this many rows is answered by exact search over them
 EF_ESTIMATE_K = 50  # neighbours behind the label estimate, whatever k shows (EchoPrime's k)
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
@@ -365,7 +368,12 @@ class Searcher:
         filtered_out = 0 if allowed is None else self.size - len(allowed)
         if n_queries == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), filtered_out
-        if allowed is None:
+        if allowed is None and n_queries >= GPU_BATCH_MIN and self.exact_storage and not self.sidecar["search_params"] \
+                and faiss_gpus() > 0:  # an exact index and a real batch: the GPUs scan faster than the CPU index
+            n = min(k + extra, self.size)
+            scores, positions = exact.knn(queries, self._flat_vectors, n, use_gpu=True)
+            rows = np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
+        elif allowed is None:
             n = min(k + extra, self.size)
             if n not in self._plain_params:
                 self._plain_params[n] = search_parameters(self.sidecar["search_params"], n)
@@ -388,6 +396,11 @@ class Searcher:
                 found_scores, found_rows = self._exact(queries[i:i + 1], rest, min(k, len(rest)))
                 scores[i, :len(found_rows)], rows[i, :len(found_rows)] = found_scores, found_rows
         return scores, rows, filtered_out
+
+    @cached_property
+    def _flat_vectors(self) -> np.ndarray:
+        """The exact index's vectors in `self.rows` order, for batch scans on the GPUs (built on first use)."""
+        return self.index.reconstruct_batch(self.rows)
 
     def _exact_many(self, queries: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n == 0:
