@@ -305,3 +305,21 @@ def test_mean_pooling_one_vector_per_study(tmp_path):
     assert out["predictions"]["ef"]["mean"] == 30.0
     found = cli_json("search", "--store", tmp_path / "s", "-e", "panecho", "--target", "studies", "--study", "S1", "-k", "2")
     assert [h["metadata"]["study_id"] for h in found["hits"]] == ["S2", "S3"]
+
+
+def test_erasing_a_patient_takes_their_study_vectors_too(study_store, tmp_path):
+    """A study vector sums its videos: erasing a patient removes its studies' section vectors and rows."""
+    from embedstore.store.erase import erase
+
+    path = tmp_path / "store"
+    shutil.copytree(study_store, path)
+    with open_store(path) as st:
+        (patient, study), = st.catalog.query("SELECT patient_id, study_id FROM videos WHERE study_id IS NOT NULL "
+                                             "ORDER BY video_id LIMIT 1")
+        theirs = {r[0] for r in st.catalog.query("SELECT study_id FROM videos WHERE patient_id = ?", [patient])}
+        before = dict(st.catalog.embedding_map("echoprime", "studies"))
+        erase(st, patient=patient)
+        after = dict(st.catalog.embedding_map("echoprime", "studies"))
+        sections = {r[0] for r in st.catalog.query("SELECT study_id FROM study_sections")}
+    gone = {i for i in before if i.split("/")[0] in theirs}
+    assert gone and set(after) == set(before) - gone and not theirs & sections

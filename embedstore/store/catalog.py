@@ -536,9 +536,12 @@ def erase_rows(catalog: Catalog, video_ids: list[str], report_ids: list[str], re
     in the log row as `pending` until store/erase.py has scrubbed them)."""
     with catalog.transaction():
         freed: dict[str, list[int]] = {}
+        sections = _study_sections_of(catalog, video_ids, report_ids)  # study vectors made from what goes
         for encoder, target, row in catalog.query(
                 'SELECT encoder, target, "row" FROM embeddings WHERE (target = \'videos\' AND item_id IN (SELECT unnest(?))) '
-                'OR (target = \'reports\' AND item_id IN (SELECT unnest(?))) ORDER BY 1, 2, 3', [video_ids, report_ids]):
+                'OR (target = \'reports\' AND item_id IN (SELECT unnest(?))) '
+                'OR (target = \'studies\' AND item_id IN (SELECT unnest(?))) ORDER BY 1, 2, 3',
+                [video_ids, report_ids, sections]):
             freed.setdefault(f"{encoder}/{target}", []).append(int(row))
         _scrub_failures(catalog, set(video_ids) | set(report_ids) | {r[0] for r in catalog.query(
             "SELECT source_path FROM videos WHERE video_id IN (SELECT unnest(?)) AND source_path IS NOT NULL", [video_ids])})
@@ -546,7 +549,10 @@ def erase_rows(catalog: Catalog, video_ids: list[str], report_ids: list[str], re
             "SELECT patient_id, study_id FROM videos WHERE video_id IN (SELECT unnest(?)) "
             "UNION SELECT patient_id, study_id FROM reports WHERE report_id IN (SELECT unnest(?))", [video_ids, report_ids])
         catalog.con.execute("DELETE FROM embeddings WHERE (target = 'videos' AND item_id IN (SELECT unnest(?))) "
-                            "OR (target = 'reports' AND item_id IN (SELECT unnest(?)))", [video_ids, report_ids])
+                            "OR (target = 'reports' AND item_id IN (SELECT unnest(?))) "
+                            "OR (target = 'studies' AND item_id IN (SELECT unnest(?)))", [video_ids, report_ids, sections])
+        if sections:
+            catalog.con.execute("DELETE FROM study_sections WHERE item_id IN (SELECT unnest(?))", [sections])
         catalog.con.execute("DELETE FROM videos WHERE video_id IN (SELECT unnest(?))", [video_ids])
         catalog.con.execute("DELETE FROM reports WHERE report_id IN (SELECT unnest(?))", [report_ids])
         patients = sorted({p for p, _ in people if p is not None})
@@ -566,6 +572,17 @@ def erase_rows(catalog: Catalog, video_ids: list[str], report_ids: list[str], re
             [record["erasure_id"], now(), record["selector"], json.dumps(counts), json.dumps(record["hashed_ids"]),
              json.dumps(freed)])
     return freed
+
+
+def _study_sections_of(catalog: Catalog, video_ids: list[str], report_ids: list[str]) -> list[str]:
+    """Item ids of the study (section) vectors built from any of these videos' or reports' studies: a study
+    vector sums its videos, so it goes with any of them."""
+    if not catalog.query("SELECT 1 FROM information_schema.tables WHERE table_name = 'study_sections'"):
+        return []
+    return [r[0] for r in catalog.query(
+        "SELECT item_id FROM study_sections WHERE study_id IN (SELECT study_id FROM videos WHERE video_id IN "
+        "(SELECT unnest(?)) UNION SELECT study_id FROM reports WHERE report_id IN (SELECT unnest(?))) ORDER BY 1",
+        [video_ids, report_ids])]
 
 
 def _scrub_failures(catalog: Catalog, names: set[str]) -> None:
