@@ -130,7 +130,8 @@ def test_precision_recorded_default_fp32_for_r3d_v0_and_query_at_store_precision
 def test_encoders_command_shows_the_published_procedure():
     out = CliRunner().invoke(app, ["encoders"]).stdout
     blocks = {b.split()[0]: b for b in out.split("\n") if b and not b.startswith(" ")}
-    assert set(blocks) == {"r3d", "r3d-v0", "videomae", "echoclip", "echoclip-r", "echoprime", "echoprime-text", "panecho"}
+    assert set(blocks) == {"r3d", "r3d-v0", "videomae", "echoclip", "echoclip-r", "echoprime", "echoprime-text", "panecho",
+                           "pixels"}
     assert "looks for: r3d_binary_111723.pt" in out and "r3d_o_sp4" not in out
     assert "precision: fp32" in out and "raw 0-255" in out and "a=-0.75" in out and "truncated" in out
     rows = {r["name"]: r for r in json.loads(CliRunner().invoke(app, ["encoders", "--json"]).stdout)}

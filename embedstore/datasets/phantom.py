@@ -243,17 +243,22 @@ def fan_mask(size: int = REF_SIZE, half_angle_deg: float = FAN_HALF_ANGLE_DEG,
 
 
 def render_cohort(patients: int, videos_per_patient: int, studies_per_patient: int, seed: int, frames: int,
-                  fps: float, size: int, overlay: bool | None = None) -> Iterator[dict]:
+                  fps: float, size: int, overlay: bool | None = None, reference: bool = False) -> Iterator[dict]:
     """Each video of the cohort `make_phantom` would write, drawn in memory (grey uint8 [T, size, size]).
 
     Why: other writers (datasets/phantom_dicom.py: DICOM cines on a scanner screen) reuse the same
-    anatomy and labels. `overlay` False/True forces the in-sector overlay off/on (None: as planned).
+    anatomy and labels. `overlay` False/True forces the in-sector overlay off/on (None: as planned);
+    `reference` draws every video with the reference acquisition (the widest sector, `fan_mask()`; no
+    gain or TGC offset), as a scanner screen with a fixed image region and preset shows it, instead of
+    the study's own sector, gain and TGC (anatomy, timing and speckle stay the video's own).
     """
     _check(patients, videos_per_patient, studies_per_patient, seed, frames, fps, size, "mjpeg")
-    for study in _plan(patients, videos_per_patient, studies_per_patient, seed):
+    for study in _plan(patients, videos_per_patient, studies_per_patient, seed, fps, False):
         for name, take in study.takes:
             take = take if overlay is None else replace(take, overlay=overlay)
-            grey, labels = _render(study.heart, take, frames, fps, size)
+            if reference:
+                take = replace(take, sector=(FAN_HALF_ANGLE_DEG, FAN_RADIUS), gain_db=0.0, tgc_db=(0.0, 0.0, 0.0))
+            grey, labels = _render(study.heart, take, frames, size)
             yield {"name": name, "patient_id": study.patient_id, "study_id": study.study_id, "split": study.split,
                    "frames": grey, "ef": labels.ef, "heart_rate": study.heart.heart_rate}
 

@@ -77,7 +77,7 @@ def make_dicom_phantom(out: Path | str, patients: int = 3, videos_per_patient: i
     uids: dict[str, str] = {}
     files = []
     for video in phantom.render_cohort(patients, videos_per_patient, studies_per_patient, seed, frames, fps, SECTOR,
-                                       overlay=False):
+                                       overlay=False, reference=True):  # a screen's preset: its fan is screen_fan()
         p = int(video["patient_id"][3:]) - 1
         k = int(video["study_id"].rsplit("-S", 1)[1]) - 1
         when = dates[p][k]
