@@ -119,13 +119,18 @@ class Query(Strict):
         return self
 
 
-class SearchOptions(Strict):
-    """What every search takes; with an uploaded video these come as multipart form fields."""
+class SearchScope(Strict):
+    """Which vectors a search (or a batch of them) looks at, and how many neighbours it returns."""
 
     encoder: str = Field(min_length=1, max_length=128)
     k: int = Field(10, ge=1, description="number of neighbours; the service's max_k bounds it (400 above)")
     target: Target = "videos"
     where: str | None = Field(None, max_length=4000, description="DuckDB expression over the catalog, e.g. split = 'TEST' AND ef < 40")
+
+
+class SearchOptions(SearchScope):
+    """What every search takes; with an uploaded video these come as multipart form fields."""
+
     same_patient: bool = Field(False, description="one hit per patient: its best video and how many were near")
 
 
@@ -230,13 +235,9 @@ class BatchQueries(Strict):
         return len(self.video_ids if self.video_ids is not None else self.vectors)
 
 
-class BatchSearchRequest(Strict):
+class BatchSearchRequest(SearchScope):
     """Many searches with the same options, answered by one index call (`Searcher.search_many`)."""
 
-    encoder: str = Field(min_length=1, max_length=128)
-    k: int = Field(10, ge=1, description="number of neighbours; the service's max_k bounds it (400 above)")
-    target: Target = "videos"
-    where: str | None = Field(None, max_length=4000, description="DuckDB expression over the catalog")
     exclude_self: bool = Field(True, description="leave each query video out of its own video_ids answer")
     queries: BatchQueries = Field(description="the service's max_batch bounds their number (400 above)")
 
