@@ -112,15 +112,15 @@ def evaluate(store: Store, encoder: str, bootstrap: int = 1000, seed: int = 0, m
             report["tasks"][name] = task(data)
         except Skip as why:
             report["skipped"][name] = str(why)
-    return _json_ready(report)
+    return json_ready(report)
 
 
-def _json_ready(value):
+def json_ready(value):
     """NaN (an undefined metric) becomes None and numpy scalars plain numbers, so the report is strict JSON."""
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     return None if isinstance(value, float) and np.isnan(value) else value
@@ -457,21 +457,22 @@ def to_markdown(report: dict) -> str:
     for name, task in report["tasks"].items():
         for metric, value in task["metrics"].items():
             ci = task["ci95"].get(metric)
-            lines.append(f"| {TITLES[name]} | {metric} | {_fmt(value)} | "
-                         f"{f'{_fmt(ci[0])} - {_fmt(ci[1])}' if ci else ''} | {task.get('n_by_metric', {}).get(metric, task['n'])} |")
+            lines.append(f"| {TITLES[name]} | {metric} | {fmt(value)} | "
+                         f"{f'{fmt(ci[0])} - {fmt(ci[1])}' if ci else ''} | {task.get('n_by_metric', {}).get(metric, task['n'])} |")
     lines += ["", "## Details", ""]
-    lines += [f"- {TITLES[name]}: " + "; ".join(f"{k} {_fmt(v)}" for k, v in task["details"].items())
+    lines += [f"- {TITLES[name]}: " + "; ".join(f"{k} {fmt(v)}" for k, v in task["details"].items())
               for name, task in report["tasks"].items()]
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- {TITLES[name]}: {why}" for name, why in report["skipped"].items()]
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
+    """A figure as the reports print it (4 significant digits; "-" for none); the leaderboard shares it."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1000 else f"{value:.1f}"
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
     return str(value)

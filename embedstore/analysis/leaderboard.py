@@ -17,7 +17,7 @@ from itertools import combinations
 import numpy as np
 
 from embedstore.analysis import metrics as M
-from embedstore.analysis.evaluate import TASKS, Data, Skip, _fmt, _json_ready, data_for
+from embedstore.analysis.evaluate import TASKS, Data, Skip, fmt, json_ready, data_for
 from embedstore.analysis.views import RANDOM_INIT
 from embedstore.errors import BadInput
 from embedstore.index.centring import centre, vector_mean
@@ -95,7 +95,7 @@ def leaderboard(store: Store, bootstrap: int = 1000, seed: int = 0, centred: boo
         "agreement": _agreement([n for n, c in datas if not c], datas, bootstrap, seed),
         "vector_sets": {name: len(ids) for name, (ids, _) in every.items()},
     }
-    return _json_ready(report)
+    return json_ready(report)
 
 
 def video_sets(store: Store) -> list[str]:
@@ -219,10 +219,10 @@ def to_markdown(report: dict) -> str:
     chance = next((r["neighbour_ef_class_chance"] for r in report["rows"] if r["neighbour_ef_class_chance"]), None)
     if chance is not None:
         lines += ["", f"- neighbours' EF class: share of the 5 nearest other-patient neighbours in the video's "
-                      f"EF < 50% class; chance {_fmt(chance)}"]
+                      f"EF < 50% class; chance {fmt(chance)}"]
     if report["agreement"]:
         lines += ["", f"## Agreement: overlap of the {AGREEMENT_K} nearest neighbours (raw vectors)", ""]
-        lines += [f"- {a['a']} vs {a['b']}: {_fmt(a['overlap'])}{_ci(a['ci95'])} (chance {_fmt(a['chance'])})"
+        lines += [f"- {a['a']} vs {a['b']}: {fmt(a['overlap'])}{_ci(a['ci95'])} (chance {fmt(a['chance'])})"
                   for a in report["agreement"]]
     skipped = [(r, t, why) for r in report["rows"] for t, why in r["skipped"].items()]
     if skipped:
@@ -234,11 +234,11 @@ def to_markdown(report: dict) -> str:
 def _cell(cell: dict | None) -> str:
     if cell is None:
         return "-"
-    text = f"{_fmt(cell['value'])}{_ci(cell['ci95'])}"
+    text = f"{fmt(cell['value'])}{_ci(cell['ci95'])}"
     if "delta" in cell:
         text += f" Δ{cell['delta']:+.3g}{_ci(cell.get('delta_ci95'))}"
     return text
 
 
 def _ci(ci) -> str:
-    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
+    return f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
