@@ -16,13 +16,7 @@ from embedstore.errors import Conflict
 from embedstore.store import open_store
 from embedstore.video.read import Video
 
-TINY_VIDEOMAE = dict(image_size=32, patch_size=16, num_frames=4, tubelet_size=2, hidden_size=32,
-                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+from tests.test_encoders import TINY_CLIP, TINY_VIDEOMAE  # noqa: E402 (the tiny configs the encoder tests write)
 
 
 @pytest.fixture(autouse=True)
