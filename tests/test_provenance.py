@@ -16,7 +16,7 @@ from embedstore.errors import Conflict
 from embedstore.store import open_store
 from embedstore.video.read import Video
 
-from tests.test_encoders import TINY_CLIP, TINY_VIDEOMAE  # noqa: E402 (the tiny configs the encoder tests write)
+from tests.test_encoders import TINY_CLIP, TINY_VIDEOMAE  # the tiny configs the encoder tests write
 
 
 @pytest.fixture(autouse=True)
