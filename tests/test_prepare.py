@@ -43,3 +43,15 @@ def test_sector_mask_finds_nothing_in_a_still_video():
     still = np.repeat(np.random.default_rng(0).integers(0, 255, (1, 40, 40, 3), dtype=np.uint8), 5, axis=0)
     assert not sector_mask(still).any()
     assert not sector_mask(still[:1]).any()
+
+
+def test_apply_mask_blanks_outside_in_a_copy_or_in_place():
+    frames = np.random.default_rng(0).integers(1, 255, (3, 8, 10, 3), dtype=np.uint8)
+    mask = np.zeros((8, 10), bool)
+    mask[2:6, 3:7] = True
+    mask[3, 4] = False  # a hole (text over the fan)
+    kept = apply_mask(frames, mask)
+    assert kept is not frames and frames.min() > 0, "the decoded frames stay as they are"
+    assert (kept[:, mask] == frames[:, mask]).all() and not kept[:, ~mask].any()
+    same = apply_mask(frames, mask, in_place=True)
+    assert same is frames and np.array_equal(same, kept)

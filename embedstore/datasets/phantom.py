@@ -250,7 +250,8 @@ def render_cohort(patients: int, videos_per_patient: int, studies_per_patient: i
     anatomy and labels. `overlay` False/True forces the in-sector overlay off/on (None: as planned);
     `reference` draws every video with the reference acquisition (the widest sector, `fan_mask()`; no
     gain or TGC offset), as a scanner screen with a fixed image region and preset shows it, instead of
-    the study's own sector, gain and TGC (anatomy, timing and speckle stay the video's own).
+    the study's own sector, gain and TGC (anatomy, timing and speckle stay the video's own). Each
+    video's "sector" is the (half-angle, depth) it was drawn with: `fan_mask(size, *sector)` is its fan.
     """
     _check(patients, videos_per_patient, studies_per_patient, seed, frames, fps, size, "mjpeg")
     for study in _plan(patients, videos_per_patient, studies_per_patient, seed, fps, False):
@@ -260,7 +261,7 @@ def render_cohort(patients: int, videos_per_patient: int, studies_per_patient: i
                 take = replace(take, sector=(FAN_HALF_ANGLE_DEG, FAN_RADIUS), gain_db=0.0, tgc_db=(0.0, 0.0, 0.0))
             grey, labels = _render(study.heart, take, frames, size)
             yield {"name": name, "patient_id": study.patient_id, "study_id": study.study_id, "split": study.split,
-                   "frames": grey, "ef": labels.ef, "heart_rate": study.heart.heart_rate}
+                   "frames": grey, "ef": labels.ef, "heart_rate": study.heart.heart_rate, "sector": take.sector}
 
 
 def disk_volume_ml(length: float, diameters: np.ndarray, spacing_cm: float) -> float:

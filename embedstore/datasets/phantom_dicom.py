@@ -57,13 +57,17 @@ LAYOUTS = {
 def make_dicom_phantom(out: Path | str, patients: int = 3, videos_per_patient: int = 2, studies_per_patient: int = 2,
                        seed: int = 0, frames: int = 32, fps: float = 30.0, layouts: tuple[str, ...] = ("sonosite",),
                        syntax: str = "jpeg", photometric: str = "YBR_FULL_422", regions: bool = True,
-                       doppler: bool = False, avi: bool = False) -> dict:
+                       doppler: bool = False, avi: bool = False, reference: bool = True) -> dict:
     """Write phantom cines as DICOM screens under out/dicom/<patient>/<study>/ (and AVIs under out/avi/).
 
     Every video is written once per layout in `layouts` (same frames, other screen), so a test can
     check that vectors follow the heart and not the screen. `regions` False leaves out the Sequence of
     Ultrasound Regions (vendors that omit it); `doppler` adds a spectral Doppler strip and its region.
-    Returns the truth: per file, the patient, study, study date, layout, image region and burned-in name.
+    `reference` draws every cine with a screen preset (the widest sector, no gain or TGC offset), so
+    the whole sector is lit to its edge and `screen_fan(layout)` is its exact outline: what a test of
+    how much of the fan a mask keeps needs. False keeps each study's own sector, gain and TGC (narrower
+    sectors, dark studies whose far field shows nothing; `screen_fan(layout, row["sector"])`).
+    Returns the truth: per file, the patient, study, study date, layout, image region, sector and burned-in name.
     """
     unknown = sorted(set(layouts) - set(LAYOUTS))
     if unknown or not layouts:
@@ -77,7 +81,7 @@ def make_dicom_phantom(out: Path | str, patients: int = 3, videos_per_patient: i
     uids: dict[str, str] = {}
     files = []
     for video in phantom.render_cohort(patients, videos_per_patient, studies_per_patient, seed, frames, fps, SECTOR,
-                                       overlay=False, reference=True):  # a screen's preset: its fan is screen_fan()
+                                       overlay=False, reference=reference):
         p = int(video["patient_id"][3:]) - 1
         k = int(video["study_id"].rsplit("-S", 1)[1]) - 1
         when = dates[p][k]
@@ -102,7 +106,7 @@ def make_dicom_phantom(out: Path | str, patients: int = 3, videos_per_patient: i
                                phi=phi, header=header)
             row = {"path": path, "name": stem, "video": video["name"], "patient_id": video["patient_id"],
                    "study_id": video["study_id"], "study_uid": study_uid, "acquired": when, "layout": layout_name,
-                   "region": layout.region_box(), "patient_name": name, "ef": video["ef"]}
+                   "region": layout.region_box(), "sector": video["sector"], "patient_name": name, "ef": video["ef"]}
             if avi:
                 (out / "avi").mkdir(parents=True, exist_ok=True)
                 row["avi"] = write_video(out / "avi" / f"{stem}.avi", screen, fps, "mjpeg")
@@ -111,11 +115,12 @@ def make_dicom_phantom(out: Path | str, patients: int = 3, videos_per_patient: i
             "studies": patients * studies_per_patient, "frames": frames, "fps": fps, "screen": SCREEN}
 
 
-def screen_fan(layout: str) -> np.ndarray:
-    """Boolean [480, 640]: where the phantom's fan lies on a screen of `layout` (the truth for fan masks)."""
+def screen_fan(layout: str, sector: tuple[float, float] | None = None) -> np.ndarray:
+    """Boolean [480, 640]: where the phantom's fan lies on a screen of `layout` (the truth for fan masks);
+    `sector` (half-angle, depth) is a file's own when drawn with reference=False."""
     out = np.zeros(SCREEN, dtype=bool)
     x0, y0 = LAYOUTS[layout].region
-    out[y0:y0 + SECTOR, x0:x0 + SECTOR] = phantom.fan_mask(SECTOR)
+    out[y0:y0 + SECTOR, x0:x0 + SECTOR] = phantom.fan_mask(SECTOR, *(sector or ()))
     return out
 
 

@@ -63,20 +63,24 @@ def resize(frames: np.ndarray, size: int | tuple[int, int], mode: str = "bilinea
 
 
 STATIC_BRIGHT, STATIC_RANGE = 48, 12  # grey levels: what counts as burned-in text for sector_mask
+APEX_BAND, TAPERED = 0.15, 0.6  # a fan's top 15% of rows is at most 60% as wide as the fan (a strip's is as wide)
 
 
-def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_pairs: int = 32) -> np.ndarray:
+def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_pairs: int = 16) -> np.ndarray:
     """Boolean [H, W] mask of the ultrasound fan, all False when nothing moves.
 
-    Why (FACTS.md, after EchoPrime): the fan is the largest region that changes over time; burned-in
+    Why (FACTS.md, after EchoPrime): the fan is the large region that changes over time; burned-in
     text, depth marks and toolbars do not. Pixels that change by more than `change` grey levels in at
     least two of up to `max_pairs` frame pairs are accumulated; where fewer than `density` of a small
     window's pixels move (dim speckle, thin lines) the window is dropped; an erosion cuts thin
-    moving lines such as a sweeping ECG trace and the bridges to it; the largest piece left, grown
-    back, is filled by its convex hull (the fan is convex: dark blood pools and the apex stay in).
-    Bright pixels that never change (text, even next to or over the fan's edge) are always left out.
-    Frames of 480 pixels or more a side are analysed on every `step`-th pixel (a fan is large; the cost of
-    a mask stays a share of decoding) and the hull is filled at full resolution.
+    moving lines such as a sweeping ECG trace and the bridges to it. Of the pieces left, the fan is
+    the largest one shaped like a sector (apex at the top: its top rows much narrower than its widest),
+    else the largest; a rectangle that moves as much (a spectral Doppler strip beside a dark study's
+    sector) loses to it. Nearby pieces join it (the walls of a dark study move, the blood between
+    them does not); grown back, it is filled by its convex hull (the fan is convex: dark blood pools
+    and the apex stay in). Bright pixels that never change (text, even over the fan's edge) are left out.
+    Frames of 480 pixels or more a side are analysed on every `step`-th pixel, in uint8 (a fan is large;
+    the mask must cost a small share of decoding) and the hull is filled at full resolution.
     """
     from scipy import ndimage
 
@@ -85,15 +89,15 @@ def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_p
         return np.zeros((h, w), dtype=bool)
     step = max(1, min(h, w) // 240)
     picks = np.unique(np.linspace(0, t - 1, min(t, max_pairs + 1)).round().astype(int))
-    previous = _brightest(frames[picks[0], ::step, ::step])
-    counts = np.zeros(previous.shape, dtype=np.uint8)
-    low, high = previous.copy(), previous.copy()
-    for i in picks[1:]:
-        current = _brightest(frames[i, ::step, ::step])
-        counts += np.abs(current - previous) > change
-        np.minimum(low, current, out=low)
-        np.maximum(high, current, out=high)
-        previous = current
+    grey = np.empty((len(picks), *frames[0, ::step, ::step, 0].shape), dtype=np.uint8)
+    for row, i in zip(grey, picks):  # the brightest channel (colour Doppler moves in any), reduced, in uint8
+        frame = frames[i, ::step, ::step]
+        np.maximum(frame[..., 0], frame[..., 1], out=row)
+        np.maximum(row, frame[..., 2], out=row)
+    later, earlier = grey[1:], grey[:-1]
+    changed = (np.maximum(later, earlier) - np.minimum(later, earlier)) > change  # |a - b| without leaving uint8
+    counts = changed.sum(axis=0, dtype=np.uint8)
+    high, low = grey.max(axis=0), grey.min(axis=0)
     # burned-in text: bright and (but for codec noise) constant; never part of the fan, even inside its hull
     text = ndimage.binary_dilation((high > STATIC_BRIGHT) & (high - low <= STATIC_RANGE))
     moving = (counts >= min(2, len(picks) - 1)) & ~text
@@ -104,15 +108,35 @@ def sector_mask(frames: np.ndarray, change: int = 2, density: float = 0.3, max_p
     labels, n = ndimage.label(core)
     if n == 0:
         return np.zeros((h, w), dtype=bool)
-    sizes = ndimage.sum(core, labels, index=range(1, n + 1))
-    fan = ndimage.binary_dilation(labels == (int(np.argmax(sizes)) + 1), structure=disk) & moving
+    seed = _fan_piece(labels, n)
+    near = ndimage.maximum_filter(labels == seed, size=2 * round(side / 40) + 1)
+    pieces = np.unique(labels[near & core])
+    fan = ndimage.binary_dilation(np.isin(labels, pieces[pieces > 0]), structure=disk) & moving
     text_full = np.repeat(np.repeat(text, step, axis=0), step, axis=1)[:h, :w]
     return _convex_fill(fan, (h, w), step) & ~text_full
 
 
-def _brightest(frame: np.ndarray) -> np.ndarray:
-    """int16 [H, W]: the largest of the three channels (colour Doppler moves in any of them)."""
-    return np.maximum(np.maximum(frame[..., 0], frame[..., 1]), frame[..., 2]).astype(np.int16)
+def _fan_piece(labels: np.ndarray, n: int, share: float = 0.25) -> int:
+    """Label of the fan among `n` pieces: the largest tapered one of those at least `share` of the
+    largest, else the largest."""
+    from scipy import ndimage
+
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    boxes = ndimage.find_objects(labels)
+    best = None
+    for k in np.argsort(-sizes):
+        if sizes[k] < share * sizes.max():
+            break
+        ys, xs = boxes[k]
+        piece = labels[ys, xs] == k + 1
+        cols = np.flatnonzero(piece.any(axis=0))
+        widest = cols[-1] - cols[0] + 1
+        top = piece[: max(1, round(APEX_BAND * piece.shape[0]))].any(axis=0)
+        top_cols = np.flatnonzero(top)
+        if top_cols[-1] - top_cols[0] + 1 <= TAPERED * widest:
+            best = k
+            break
+    return int(np.argmax(sizes) if best is None else best) + 1
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -122,10 +146,15 @@ def _disk(radius: int) -> np.ndarray:
 
 def _convex_fill(region: np.ndarray, shape: tuple[int, int], step: int = 1) -> np.ndarray:
     """Boolean `shape`: every pixel inside the convex hull of `region`'s pixels, `region` being sampled
-    every `step` pixels of `shape` (QHull half-planes, half a sample of tolerance)."""
+    every `step` pixels of `shape` (QHull half-planes, half a sample of tolerance).
+
+    Filled row by row: a convex hull crosses each row in one run, bounded by its half-planes.
+    """
     from scipy.spatial import ConvexHull, QhullError
 
-    ys, xs = np.nonzero(region)
+    from scipy import ndimage
+
+    ys, xs = np.nonzero(region & ~ndimage.binary_erosion(region))  # the hull of the outline is the region's
     out = np.zeros(shape, dtype=bool)
     try:
         hull = ConvexHull(np.column_stack([xs, ys]).astype(np.float64) * step)
@@ -133,30 +162,30 @@ def _convex_fill(region: np.ndarray, shape: tuple[int, int], step: int = 1) -> n
         out[ys * step, xs * step] = True
         return out
     y0, y1 = ys.min() * step, min(shape[0], ys.max() * step + step)
-    x0, x1 = xs.min() * step, min(shape[1], xs.max() * step + step)
-    gy, gx = np.mgrid[y0:y1, x0:x1]
-    inside = np.ones(gy.shape, dtype=bool)
-    for a, b, c in hull.equations:
-        inside &= a * gx + b * gy + c <= 0.5 * step
-    out[y0:y1, x0:x1] = inside
+    rows = np.arange(y0, y1, dtype=np.float64)[:, None]
+    a, b, c = hull.equations.T  # a x + b y + c <= tolerance inside
+    room = 0.5 * step - c - b * rows  # a x <= room
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = room / a
+    left = np.where(a < 0, bound, -np.inf).max(axis=1)
+    right = np.where(a > 0, bound, np.inf).min(axis=1)
+    right[((a == 0) & (room < 0)).any(axis=1)] = -np.inf  # a horizontal edge excludes the row
+    cols = np.arange(shape[1])
+    out[y0:y1] = (cols >= np.ceil(left)[:, None]) & (cols <= np.floor(right)[:, None])
     return out
 
 
-def apply_mask(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Blank everything outside the fan (a new array; the input stays as decoded).
+def apply_mask(frames: np.ndarray, mask: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Blank everything outside the fan: a new array, or `frames` itself when `in_place` (the caller owns them).
 
-    Row by row: the part left and right of a row's run is zeroed with slices (a fan's rows are one
-    run each), and only the few holes inside a run (text over the fan's edge) are scattered.
+    One bitwise AND of each frame, seen as rows of W x 3 bytes, with the mask repeated per channel
+    (0 or 255): a single pass over memory, no per-frame or per-row work in Python.
     """
-    out = frames.copy()
-    out[:, ~mask.any(axis=1)] = 0
-    for y in np.flatnonzero(mask.any(axis=1)):
-        cols = np.flatnonzero(mask[y])
-        left, right = cols[0], cols[-1] + 1
-        out[:, y, :left] = 0
-        out[:, y, right:] = 0
-        if len(cols) < right - left:
-            out[:, y, left + np.flatnonzero(~mask[y, left:right])] = 0
+    t, h, w, c = frames.shape
+    keep = np.repeat(mask, c, axis=1).astype(np.uint8) * np.uint8(255)
+    source = np.ascontiguousarray(frames)
+    out = source if in_place and source.flags.writeable else np.empty_like(source)
+    np.bitwise_and(source.reshape(t, h, w * c), keep, out=out.reshape(t, h, w * c))
     return out
 
 

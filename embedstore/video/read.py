@@ -96,7 +96,7 @@ def read_video(path: str | Path, max_frames: int = MAX_FRAMES, min_frames: int =
     if mask is not None:
         from embedstore.video.regions import mask_video
 
-        video = mask_video(video, mask)
+        video = mask_video(video, mask, in_place=True)  # the frames were decoded here: nobody else holds them
     return video
 
 

@@ -99,11 +99,12 @@ def check_setting(setting: str) -> str:
     return setting
 
 
-def mask_video(video: Video, setting: str) -> Video:
+def mask_video(video: Video, setting: str, in_place: bool = False) -> Video:
     """`video` with only its ultrasound image kept; what was done goes to meta["mask"] (and meta["warnings"]).
 
     A DICOM with regions is cropped to its 2D region (the region is the image: same pixels whatever
-    the vendor's screen layout); otherwise everything outside the moving fan is set to zero.
+    the vendor's screen layout); otherwise everything outside the moving fan is set to zero, in
+    `video`'s own frames when `in_place` (a reader that just decoded them; saves a copy of the video).
     A video masked already is returned as it is; masked with the other setting, refused.
     """
     check_setting(setting)
@@ -131,7 +132,7 @@ def mask_video(video: Video, setting: str) -> Video:
         if not mask.any():
             raise VideoError(f"{name}: nothing moves in this video, so no ultrasound fan was found; "
                              "ingest with --no-mask if it has no burned-in text")
-        frames = apply_mask(video.frames, mask)
+        frames = apply_mask(video.frames, mask, in_place=in_place)
         done = {"setting": "on", "source": "fan", "kept": round(float(mask.mean()), 4)}
     return replace(video, frames=frames, meta={**video.meta, MASK_KEY: done, "warnings": warnings})
 
