@@ -254,13 +254,13 @@ def test_meta_holds_no_phi(tmp_path: Path) -> None:
     ds = pydicom.dcmread(path)
     leaks = {v for v in phi_values(ds) | set(DEFAULT_PHI.values()) if len(v) >= 3 and v in text}
     assert not leaks
-    for fragment in ("1970", "1234567", "DOE", "EchoModel", ds.StudyInstanceUID, ds.SOPInstanceUID):
+    for fragment in ("1970", "1234567", "DOE", "EchoModel", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
         assert fragment not in text
     assert set(video.meta) == {
         "transfer_syntax", "photometric", "sop_class", "modality", "n_frames", "rows", "columns",
         "bits_stored", "fps_source", "deid", "us_regions", "burned_in_annotation",
     }
-    assert set(video.meta["deid"]) == {"patient_id", "study_id", "acquired_at", "view"}
+    assert set(video.meta["deid"]) == {"patient_id", "study_id", "series_id", "acquired_at", "view"}
     shifted = video.meta["deid"]["acquired_at"]  # PS3.15 modified dates: moved back 1-10 years, never the real one
     assert shifted and not shifted.startswith("2024-01-02") and "2014-01-03" <= shifted[:10] <= "2023-01-02"
     assert shifted.endswith("T09:30:16")

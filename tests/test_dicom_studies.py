@@ -108,3 +108,45 @@ def test_bad_files_in_a_batch_are_listed_and_the_rest_goes_on(tree, tmp_path):
         ((item_path, reason),) = summary.skipped
         assert item_path.endswith("outside.dcm") and "lies outside the 32x32 image" in reason and "\n" not in reason
         assert not any(v["source_path"].endswith("outside.dcm") for v in store.videos())
+
+
+def test_two_series_of_one_study_ingest_as_two_keyed_series_of_that_study(tmp_path):
+    """Series Instance UIDs are kept as keyed hashes (videos.series_id), never raw; a second ingest adds nothing."""
+    from pydicom.uid import generate_uid
+
+    from embedstore.store.expressions import matching_ids
+
+    src = tmp_path / "src"
+    src.mkdir()
+    study, series = generate_uid(), [generate_uid(), generate_uid()]
+    rng = np.random.default_rng(3)
+    for i, uid in enumerate([series[0], series[0], series[1]]):
+        write_dicom(src / f"IM{i}", rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8),
+                    header={"StudyInstanceUID": study, "SeriesInstanceUID": uid})
+    with open_store(tmp_path / "store", create=True) as store:
+        assert ingest(src, store, progress=False).added == 3
+        rows = sorted(store.videos(), key=lambda r: r["source_path"])
+        assert len({r["study_id"] for r in rows}) == 1 and len({r["patient_id"] for r in rows}) == 1
+        ids = [r["series_id"] for r in rows]
+        assert ids[0] == ids[1] != ids[2] and all(i.startswith("se_") and len(i) == 19 for i in ids)
+        again = ingest(src, store, progress=False)
+        assert again.added == 0 and again.unchanged == 3 and store.info()["counts"]["videos"] == 3
+        assert matching_ids(store.catalog, "videos", f"series_id = '{ids[2]}'") == [rows[2]["video_id"]]
+    raw = (tmp_path / "store" / "catalog.duckdb").read_bytes()
+    assert not any(uid.encode() in raw for uid in (study, *series)), "a raw UID reached the catalog"
+
+
+def test_a_store_from_before_series_ids_gains_the_column_on_open(tmp_path):
+    import duckdb
+
+    with open_store(tmp_path / "store", create=True):
+        pass
+    con = duckdb.connect(str(tmp_path / "store" / "catalog.duckdb"))
+    con.execute("ALTER TABLE videos DROP COLUMN series_id")  # as an older embedstore left it
+    con.close()
+    columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 'videos'"
+    with open_store(tmp_path / "store", read_only=True) as store:  # read-only: no migration, and search metadata reads
+        assert ("series_id",) not in store.catalog.query(columns)
+        assert store.catalog.metadata_rows("none", "videos", ["patient_id", "series_id"]).column_names[-1] == "series_id"
+    with open_store(tmp_path / "store") as store:  # the first writable open adds it
+        assert ("series_id",) in store.catalog.query(columns)

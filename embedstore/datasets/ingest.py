@@ -7,7 +7,8 @@ outlines. A bad file is skipped with its reason and the rest go on.
 Rows are committed in batches, so an interrupted ingest keeps what it finished and resumes.
 
 DICOM trees (PACS exports, often without file suffixes) and DICOMDIR media: cines group into studies
-and patients by their keyed Study Instance UID and Patient ID hashes (video/deid.py), dates are the
+and patients by their keyed Study Instance UID and Patient ID hashes (video/deid.py; the Series Instance
+UID is kept as a keyed hash too, videos.series_id), dates are the
 patient's modified dates; stills and objects without pixels are listed as skipped with the reason.
 Each file is also read through the store's mask setting (video/regions.py), so a cine whose image
 cannot be cleaned is refused here, before it reaches the catalog; warnings are listed per file.
@@ -89,7 +90,7 @@ def describe(path: Path, salt: str, mask: str | None = None) -> tuple[dict, list
     deid = video.meta.get("deid", {})
     return {
         "video_id": path.stem, "source_path": str(path.resolve()), "sha256": sha256_file(path),
-        "patient_id": deid.get("patient_id"), "study_id": deid.get("study_id"),
+        "patient_id": deid.get("patient_id"), "study_id": deid.get("study_id"), "series_id": deid.get("series_id"),
         "acquired_at": deid.get("acquired_at"), "view": deid.get("view"),
         "n_frames": video.n_frames, "fps": video.fps, "height": video.height, "width": video.width,
         "format": video.format,

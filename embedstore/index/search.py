@@ -31,7 +31,8 @@ from embedstore.video.read import Video, read_video
 from embedstore.video.regions import MASK_KEY, mask_video
 
 META_COLUMNS = {
-    "videos": ("videos", "video_id", ("patient_id", "study_id", "view", "split", "ef", "esv", "edv", "source_path")),
+    "videos": ("videos", "video_id", ("patient_id", "study_id", "view", "split", "ef", "esv", "edv", "source_path",
+                                      "series_id")),
     "reports": ("reports", "report_id", ("patient_id", "study_id", "video_id", "text")),
     "studies": ("study_sections", "item_id", ("patient_id", "study_id", "section", "n_videos")),
 }

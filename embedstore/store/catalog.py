@@ -25,7 +25,7 @@ SCHEMA_VERSION = "1"
 VIDEO_COLUMNS = [
     "video_id", "source_path", "sha256", "patient_id", "study_id", "acquired_at", "view", "split",
     "n_frames", "fps", "height", "width", "format", "ef", "esv", "edv",
-    "image_region",
+    "image_region", "series_id",
 ]
 
 METADATA_TABLES = {"videos": ("videos", "video_id"), "reports": ("reports", "report_id"),
@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS erasures (
     erasure_id VARCHAR PRIMARY KEY, erased_at TIMESTAMP, selector VARCHAR, counts JSON, hashed_ids JSON,
     pending JSON, status VARCHAR, finished_at TIMESTAMP);
 ALTER TABLE videos ADD COLUMN IF NOT EXISTS image_region JSON;  -- video/regions.py: what the mask kept
+ALTER TABLE videos ADD COLUMN IF NOT EXISTS series_id VARCHAR;  -- keyed hash of the Series Instance UID
 """
 
 
@@ -212,6 +213,9 @@ class Catalog:
 
     def _has_table(self, name: str) -> bool:
         return bool(self.query("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [name]))
+
+    def _table_columns(self, name: str) -> set[str]:
+        return {r[0] for r in self.query("SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name])}
 
     def _link_people(self, rows: list[dict]) -> None:
         patients = sorted({r["patient_id"] for r in rows if r.get("patient_id")})
@@ -377,7 +381,8 @@ class Catalog:
         unknown = [c for c in columns if c not in METADATA_COLUMNS[target]]
         if unknown:
             raise BadInput(f"unknown {table} column(s) {unknown}")
-        select = ", ".join(f"t.{c}" for c in columns)
+        present = self._table_columns(table)  # a store opened read-only may predate a column: nulls
+        select = ", ".join(f"t.{c}" if c in present else f"NULL AS {c}" for c in columns)
         with self.con.cursor() as cursor:  # a cursor of its own: the catalog may hold an unfinished result
             return cursor.sql(
                 f'SELECT e."row", e.item_id, {select} FROM embeddings e LEFT JOIN {table} t ON t.{key} = e.item_id '

@@ -27,7 +27,7 @@ from embedstore.store.catalog import Catalog
 # never shows paths, and a filter on them would spell them out one character at a time.
 COLUMNS = {
     "videos": ("video_id", "patient_id", "study_id", "acquired_at", "view", "split", "n_frames", "fps", "height",
-               "width", "format", "ef", "esv", "edv", "added_at"),
+               "width", "format", "ef", "esv", "edv", "added_at", "series_id"),
     "reports": ("report_id", "study_id", "video_id", "patient_id", "text"),
     "studies": ("item_id", "study_id", "section", "patient_id", "n_videos"),
 }

@@ -75,7 +75,7 @@ def deidentify(
     allow: Iterable[str] = frozenset(),
     id_map: Mapping[str, str] | None = None,
 ) -> dict:
-    """The catalogue-safe keys of one header: patient_id, study_id, acquired_at, view, allowed keywords.
+    """The catalogue-safe keys of one header: patient_id, study_id, series_id, acquired_at, view, allowed keywords.
 
     `id_map` maps raw Patient IDs to the user's own pseudonyms (ids missing from it are hashed).
     Without a salt the hashed ids are None rather than weakly protected. `allow` names DICOM
@@ -86,6 +86,7 @@ def deidentify(
     _check_allow(allow)
     raw_patient = str(ds.get("PatientID") or "").strip()
     raw_study = str(ds.get("StudyInstanceUID") or ds.get("StudyID") or "").strip()
+    raw_series = str(ds.get("SeriesInstanceUID") or "").strip()
     if id_map is not None and raw_patient in id_map:
         patient_id: str | None = str(id_map[raw_patient])
     else:
@@ -96,6 +97,7 @@ def deidentify(
     out: dict = {
         "patient_id": patient_id,
         "study_id": "s_" + salted_hash(raw_study, salt) if raw_study and salt else None,
+        "series_id": "se_" + salted_hash(raw_series, salt) if raw_series and salt else None,
         "acquired_at": acquired,
         "view": _view(ds),
     }
