@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,45 @@ def test_a_store_from_before_series_ids_gains_the_column_on_open(tmp_path):
         assert store.catalog.metadata_rows("none", "videos", ["patient_id", "series_id"]).column_names[-1] == "series_id"
     with open_store(tmp_path / "store") as store:  # the first writable open adds it
         assert ("series_id",) in store.catalog.query(columns)
+
+
+def test_each_bad_header_or_pixel_case_is_one_line_per_file_and_the_batch_goes_on(tmp_path):
+    """The issue's bad inputs in one batch beside a good cine: four refused with one line naming the file and
+    the problem (none reaches the catalog), Burned In Annotation YES without regions accepted with one warning."""
+    from pydicom.dataset import Dataset
+
+    def region(box, spatial=1, data_type=1) -> Dataset:
+        item = Dataset()
+        item.RegionSpatialFormat, item.RegionDataType = spatial, data_type
+        item.RegionLocationMinX0, item.RegionLocationMinY0, item.RegionLocationMaxX1, item.RegionLocationMaxY1 = box
+        return item
+
+    rng = np.random.default_rng(5)
+    moving = rng.integers(0, 255, (4, 32, 48, 3), dtype=np.uint8)
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = {
+        "outside": ({"SequenceOfUltrasoundRegions": [region((0, 0, 48, 31))]}, moving, "lies outside the 48x32 image"),
+        "zero": ({"SequenceOfUltrasoundRegions": [region((10, 5, 10, 20))]}, moving, "has zero size"),
+        "split": ({"SequenceOfUltrasoundRegions": [region((0, 0, 22, 31)), region((24, 0, 47, 31))]}, moving,
+                  "2 separate 2D regions"),
+        "still": ({}, np.repeat(moving[:1], 4, axis=0), "nothing moves"),
+    }
+    for name, (header, frames, _) in bad.items():
+        write_dicom(src / f"{name}.dcm", frames, header=header)
+    write_dicom(src / "good.dcm", moving, header={"SequenceOfUltrasoundRegions": [region((0, 0, 47, 31))]})
+    write_dicom(src / "burned.dcm", rng.integers(0, 255, (4, 32, 48, 3), dtype=np.uint8),
+                header={"BurnedInAnnotation": "YES"})
+    with open_store(tmp_path / "store", create=True) as store:
+        summary = ingest(src, store, progress=False)
+        assert summary.added == 2, summary.skipped
+        reasons = {item.rsplit("/", 1)[-1].removesuffix(".dcm"): reason for item, reason in summary.skipped}
+        assert set(reasons) == set(bad)
+        for name, (_, _, message) in bad.items():
+            assert message in reasons[name] and f"{name}.dcm" in reasons[name] and "\n" not in reasons[name]
+        (warning,) = summary.warnings
+        assert "burned.dcm" in warning and "Burned In Annotation is YES" in warning and "\n" not in warning
+        stored = {Path(v["source_path"]).stem: json.loads(v["image_region"])["source"] for v in store.videos()}
+        assert stored == {"good": "region", "burned": "fan"}
+        (run,) = store.catalog.query_dicts("SELECT status, added, failed FROM runs WHERE command = 'ingest'")
+        assert (run["added"], run["failed"]) == (2, 4)
