@@ -68,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         info = make_dicom_phantom(work / "cohort", patients=args.videos, videos_per_patient=1, studies_per_patient=1,
-                                  frames=args.frames, avi=True)
+                                  frames=args.frames, avi=True, reference=True)  # one preset, as in the earlier runs
         dicoms = [row["path"] for row in info["files"]]
         avis = [row["avi"] for row in info["files"]]
         mask_video(read_video(avis[0]), "on")  # imports and caches out of the timings

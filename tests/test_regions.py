@@ -18,9 +18,11 @@ from tests.dicom_files import write_dicom
 
 @pytest.fixture(scope="module")
 def screens(tmp_path_factory) -> dict:
-    """One phantom video on both vendor screens, as DICOM (with a Doppler strip) and as AVI."""
+    """One phantom video on both vendor screens, as DICOM (with a Doppler strip) and as AVI; drawn with
+    the reference preset, whose sector is lit to its edge, so the share of the fan a mask keeps is measurable."""
     return make_dicom_phantom(tmp_path_factory.mktemp("screens"), patients=1, videos_per_patient=1,
-                              studies_per_patient=1, frames=24, layouts=("sonosite", "wide"), doppler=True, avi=True)
+                              studies_per_patient=1, frames=24, layouts=("sonosite", "wide"), doppler=True, avi=True,
+                              reference=True)
 
 
 def region_item(box: tuple[int, int, int, int], spatial: int = 1, data_type: int = 1) -> Dataset:
@@ -112,7 +114,7 @@ def test_fan_mask_finds_the_sector_of_dark_studies_beside_a_doppler_strip(tmp_pa
     from embedstore.video.prepare import sector_mask
 
     info = make_dicom_phantom(tmp_path, patients=2, videos_per_patient=1, studies_per_patient=1, frames=24,
-                              layouts=("sonosite", "wide"), doppler=True, avi=True, reference=False)
+                              layouts=("sonosite", "wide"), doppler=True, avi=True)
     for row in info["files"]:
         frames = read_video(row["avi"]).frames
         fan = screen_fan(row["layout"], row["sector"])

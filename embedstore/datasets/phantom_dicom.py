@@ -57,16 +57,16 @@ LAYOUTS = {
 def make_dicom_phantom(out: Path | str, patients: int = 3, videos_per_patient: int = 2, studies_per_patient: int = 2,
                        seed: int = 0, frames: int = 32, fps: float = 30.0, layouts: tuple[str, ...] = ("sonosite",),
                        syntax: str = "jpeg", photometric: str = "YBR_FULL_422", regions: bool = True,
-                       doppler: bool = False, avi: bool = False, reference: bool = True) -> dict:
+                       doppler: bool = False, avi: bool = False, reference: bool = False) -> dict:
     """Write phantom cines as DICOM screens under out/dicom/<patient>/<study>/ (and AVIs under out/avi/).
 
     Every video is written once per layout in `layouts` (same frames, other screen), so a test can
     check that vectors follow the heart and not the screen. `regions` False leaves out the Sequence of
     Ultrasound Regions (vendors that omit it); `doppler` adds a spectral Doppler strip and its region.
-    `reference` draws every cine with a screen preset (the widest sector, no gain or TGC offset), so
-    the whole sector is lit to its edge and `screen_fan(layout)` is its exact outline: what a test of
-    how much of the fan a mask keeps needs. False keeps each study's own sector, gain and TGC (narrower
-    sectors, dark studies whose far field shows nothing; `screen_fan(layout, row["sector"])`).
+    Each study keeps its own sector, gain and TGC (narrower sectors, dark studies whose sector shows
+    little but its walls; `screen_fan(layout, row["sector"])` is its outline). `reference` draws every
+    cine with one preset instead (the widest sector, no gain or TGC offset), lit to its edge, so
+    `screen_fan(layout)` is an outline the pixels show: what a test of how much of the fan a mask keeps needs.
     Returns the truth: per file, the patient, study, study date, layout, image region, sector and burned-in name.
     """
     unknown = sorted(set(layouts) - set(LAYOUTS))
@@ -117,7 +117,7 @@ def make_dicom_phantom(out: Path | str, patients: int = 3, videos_per_patient: i
 
 def screen_fan(layout: str, sector: tuple[float, float] | None = None) -> np.ndarray:
     """Boolean [480, 640]: where the phantom's fan lies on a screen of `layout` (the truth for fan masks);
-    `sector` (half-angle, depth) is a file's own when drawn with reference=False."""
+    `sector`: a file's own (half-angle, depth), its row["sector"]; None: the reference preset's widest sector."""
     out = np.zeros(SCREEN, dtype=bool)
     x0, y0 = LAYOUTS[layout].region
     out[y0:y0 + SECTOR, x0:x0 + SECTOR] = phantom.fan_mask(SECTOR, *(sector or ()))
