@@ -16,6 +16,7 @@ from embedstore.cli import app
 from embedstore.errors import BadInput, Conflict, NotFound, VideoError
 from embedstore.index import Searcher, build_index, similar
 from embedstore.index import search as search_module
+from embedstore.index.search import QueryEncoder
 from embedstore.store import open_store
 from tests.media import moving_frames, truncate, write_video
 from tests.test_index import PROV, SPACE, make_store
@@ -310,3 +311,60 @@ def test_where_cannot_read_server_files(tmp_path):
     with open_store(tmp_path / "s", read_only=True) as st:
         with pytest.raises(BadInput):
             Searcher(st, "toy").search_vector(np.ones(4), k=2, where=f"(SELECT count(*) FROM read_csv('{secret}')) > 0")
+
+
+# -- one library call per query: a video file is hashed once and decoded only when not stored -------
+@pytest.fixture()
+def counted(monkeypatch):
+    """Counts of file hashes and decodes made by the query encoder."""
+    import embedstore.datasets.ingest as ingest
+
+    calls = {"hash": 0, "decode": 0}
+    hash_file, decode = ingest.sha256_file, search_module.read_video
+
+    def hashing(path):
+        calls["hash"] += 1
+        return hash_file(path)
+
+    def decoding(*args, **kwargs):
+        calls["decode"] += 1
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "sha256_file", hashing)
+    monkeypatch.setattr(search_module, "read_video", decoding)
+    return calls
+
+
+def test_video_query_hashes_once_and_decodes_only_a_file_not_stored(phantom, counted, tmp_path):
+    from embedstore.errors import TooManyFrames
+
+    stored = phantom.videos()[5]
+    searcher = Searcher(phantom, "r3d")
+    result = searcher.search(video=stored["source_path"], k=3, max_frames=stored["n_frames"])
+    assert result.query["stored_id"] == stored["video_id"] and counted == {"hash": 1, "decode": 0}
+    # A stored file is held to the same limit (by its catalog frame count): refused whether stored or not.
+    with pytest.raises(TooManyFrames, match=f"more than {stored['n_frames'] - 1} frames"):
+        searcher.search(video=stored["source_path"], max_frames=stored["n_frames"] - 1)
+    assert counted["decode"] == 0
+    new = write_video(tmp_path / "new.avi", moving_frames(32, 112, seed=3))
+    with pytest.raises(TooManyFrames, match="new.avi: more than 8 frames"):
+        searcher.search(video=new, max_frames=8)
+    assert counted == {"hash": 3, "decode": 1} and "model" not in vars(searcher.query_encoder)  # no model ran
+
+
+def test_similar_ids_take_ids_only_and_similar_videos_files(phantom, counted, tmp_path):
+    from embedstore.errors import TooManyFrames
+    from embedstore.index import similar_ids, similar_videos
+
+    a, b = phantom.videos()[:2]
+    by_ids = similar_ids(phantom, "r3d", a["video_id"], b["video_id"])
+    assert by_ids == similar(phantom, "r3d", a["video_id"], b["video_id"]) and counted["hash"] == 0
+    with pytest.raises(NotFound, match="no r3d vector"):  # an existing file is no id
+        similar_ids(phantom, "r3d", a["video_id"], b["source_path"])
+    by_files = similar_videos(phantom, "r3d", a["source_path"], b["source_path"])
+    assert by_files["cosine"] == by_ids["cosine"] and counted == {"hash": 2, "decode": 0}
+    short = write_video(tmp_path / "short.avi", moving_frames(12, 112, seed=3))
+    long = write_video(tmp_path / "long.avi", moving_frames(32, 112, seed=4))
+    with pytest.raises(TooManyFrames, match="long.avi: more than 16 frames"):  # both files read before any model runs
+        similar_videos(phantom, "r3d", short, long, max_frames=16)
+    assert counted["decode"] == 2 and "model" not in vars(QueryEncoder.of(phantom, "r3d"))

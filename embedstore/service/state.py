@@ -34,11 +34,11 @@ import embedstore
 from embedstore.errors import BadInput, Busy, EmbedstoreError, NotFound, TooLarge, VideoError
 from embedstore.encoders.provenance import RANDOM_INIT
 from embedstore.index.search import Searcher
-from embedstore.index.similar import calibration, similar
+from embedstore.index.similar import calibration, similar_ids, similar_videos
 from embedstore.service.schemas import BatchSearchRequest, SearchOptions, SearchRequest, SearchResponse, SimilarityRequest
 from embedstore.service.settings import Settings
 from embedstore.store import open_store
-from embedstore.video.read import VIDEO_SUFFIXES, Video, read_video
+from embedstore.video.read import VIDEO_SUFFIXES
 from embedstore.video.thumbnail import thumbnail
 
 log = logging.getLogger("embedstore.service")
@@ -356,11 +356,6 @@ class ServiceState:
             raise BadInput(f"k={k} is over this service's limit of {self.settings.max_k} neighbours")
         return k
 
-    def decode(self, upload: Upload) -> Video:
-        """Decode bounded by max_frames, so a long cine fails before any model runs."""
-        with named_as(upload.path, upload.name):
-            return read_video(upload.path, max_frames=self.settings.max_frames)
-
     @asynccontextmanager
     async def uploads(self, request: Request, files: tuple[str, ...]) -> AsyncIterator[tuple[dict[str, str], dict[str, Upload]]]:
         """(form fields, uploads by field) of a multipart request; the files are deleted when the block ends."""
@@ -429,24 +424,19 @@ class ServiceState:
 
     def search_upload(self, options: SearchOptions, upload: Upload) -> dict:
         """Like `embedstore search --video`: a file already in the store answers with its stored vector."""
-        video = self.decode(upload)
         with named_as(upload.path, upload.name):
-            searcher = self.searcher(options.encoder, options.target)
-            stored = searcher.query_encoder.stored_video_id(upload.path)
-            result = searcher.search_video(upload.path if stored else video, k=self.check_k(options.k),
-                                           where=options.where, same_patient=options.same_patient).to_dict()
+            result = self.searcher(options.encoder, options.target).search(
+                video=upload.path, k=self.check_k(options.k), where=options.where, same_patient=options.same_patient,
+                max_frames=self.settings.max_frames).to_dict()
         result["query"]["path"] = upload.name
         return self.public_result(result)
 
     def similar_ids(self, request: SimilarityRequest) -> dict:
-        self.store.get_vectors(request.encoder, [request.a, request.b])  # ids only: never a server file
-        return similar(self.store, request.encoder, request.a, request.b)
+        return similar_ids(self.store, request.encoder, request.a, request.b)
 
     def similar_uploads(self, encoder: str, a: Upload, b: Upload) -> dict:
-        for upload in (a, b):
-            self.decode(upload)  # bounded by max_frames before the library decodes them again
         with named_as(a.path, a.name), named_as(b.path, b.name):
-            out = similar(self.store, encoder, a.path, b.path)
+            out = similar_videos(self.store, encoder, a.path, b.path, max_frames=self.settings.max_frames)
         return {**out, "a": a.name, "b": b.name}
 
     def audit(self, encoder: str, threshold: float | None, k: int) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedstore.errors import NotFound, VideoError
+from embedstore.errors import NotFound, TooManyFrames, VideoError
 
 VIDEO_SUFFIXES = {".avi": "avi", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mp4", ".dcm": "dicom", ".dicom": "dicom"}
 MAX_SIDE = 4096  # larger frames are not echo cines; refuse before allocating
@@ -121,7 +121,7 @@ def _read_av(path: Path, kind: str, max_frames: int) -> Video:
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if len(frames) > max_frames:
-                    raise VideoError(f"{path}: more than {max_frames} frames; raise max_frames to read it")
+                    raise TooManyFrames(f"{path}: more than {max_frames} frames; raise max_frames to read it")
         except av.error.FFmpegError as exc:
             raise VideoError(f"{path}: damaged after {len(frames)} frame(s) ({_why(exc)}); re-copy or re-export it") from exc
     if not frames:
