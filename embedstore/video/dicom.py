@@ -22,7 +22,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from embedstore.errors import TooManyFrames, VideoError
 from embedstore.video.deid import deidentify, default_salt
-from embedstore.video.read import MAX_FRAMES, MAX_SIDE, Video
+from embedstore.video.frames import MAX_FRAMES, MAX_SIDE, Video
 from embedstore.video.regions import header_regions
 
 SUPPORTED_PHOTOMETRIC = {
