@@ -368,3 +368,24 @@ def test_similar_ids_take_ids_only_and_similar_videos_files(phantom, counted, tm
     with pytest.raises(TooManyFrames, match="long.avi: more than 16 frames"):  # both files read before any model runs
         similar_videos(phantom, "r3d", short, long, max_frames=16)
     assert counted["decode"] == 2 and "model" not in vars(QueryEncoder.of(phantom, "r3d"))
+
+
+def test_calibration_is_refitted_when_new_labels_arrive(tmp_path):
+    """Same vectors, new patient labels (a later ingest of the list): the cached fit is stale and is refitted."""
+    from embedstore.index.similar import calibration, calibration_path
+
+    rng = np.random.default_rng(0)
+    ids = [f"v{i:02d}" for i in range(12)]
+    centres = rng.normal(size=(4, 16))
+    vectors = np.repeat(centres, 3, axis=0) + 0.3 * rng.normal(size=(12, 16))  # 4 patients x 3 videos
+    with open_store(tmp_path / "s", create=True) as st:
+        st.add_videos([{"video_id": i} for i in ids])
+        st.add_vectors({**PROV, "dim": 16}, ids, vectors)
+        before = calibration(st, "toy")
+        assert before["n_pairs"] == 0 and calibration_path(st, "toy").exists()
+        st.catalog.update_labels([{"video_id": i, "patient_id": f"p{n // 3}"} for n, i in enumerate(ids)])
+        after = calibration(st, "toy")
+    assert after["n_pairs"] == 24 and after["same_pairs"] == 12 and after["coef"] > 0
+    assert after["fingerprint"] == before["fingerprint"]  # the vectors did not change; the labels did
+    with open_store(tmp_path / "s", read_only=True) as st:
+        assert calibration(st, "toy")["n_pairs"] == 24  # the refit was written, and is current for readers

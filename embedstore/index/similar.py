@@ -3,8 +3,9 @@
 Why a calibration: a raw cosine means different things for different encoders (random-init R3D
 vectors sit near 1, EchoCLIP-R's near 0.4 for strangers). A logistic fit of "same patient" on the
 cosine of the store's labelled pairs turns it into a probability for this encoder and this data.
-The fit is cached next to the indexes with the store fingerprint it was made from, written by the
-commands that write (`index`, `encode`); a reader that finds none current fits it and keeps it in memory.
+The fit is cached next to the indexes with the fingerprints of the vectors and of the patient labels it
+was made from, written by the commands that write (`index`, `encode`); a reader that finds none current
+(new vectors, or labels a later ingest added) fits it and keeps it in memory.
 """
 from __future__ import annotations
 
@@ -82,17 +83,17 @@ def calibration(store: Store, encoder: str) -> dict:
     A fit made now is written only by a store that may write derived files (`index`, `encode`);
     a reader (search, serve, similar) keeps it in memory for its lifetime and writes nothing.
     """
-    fingerprint = store.catalog.fingerprint(encoder, "videos")
+    current = {"fingerprint": store.catalog.fingerprint(encoder, "videos"), "labels": store.catalog.labels_fingerprint(encoder)}
     memo = store.memo.get(("calibration", encoder))
-    if memo is not None and memo["fingerprint"] == fingerprint:
+    if memo is not None and all(memo.get(k) == v for k, v in current.items()):
         return memo
     path = calibration_path(store, encoder)
     try:
         cal = json.loads(path.read_text())
     except (OSError, ValueError):  # none yet, or a damaged copy: fit again
         cal = {}
-    if cal.get("fingerprint") != fingerprint:
-        cal = {**fit_calibration(store, encoder), "fingerprint": fingerprint,
+    if any(cal.get(k) != v for k, v in current.items()):  # other vectors, or other patients (new labels)
+        cal = {**fit_calibration(store, encoder), **current,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if store.writes_derived:
             write_json_atomic(path, cal)
