@@ -393,3 +393,17 @@ def test_calibration_is_refitted_when_new_labels_arrive(tmp_path):
     assert after["fingerprint"] == before["fingerprint"]  # the vectors did not change; the labels did
     with open_store(tmp_path / "s", read_only=True) as st:
         assert calibration(st, "toy")["n_pairs"] == 24  # the refit was written, and is current for readers
+
+
+def test_ingest_of_new_labels_refits_the_kept_calibration(phantom_store, phantom_cohort, tmp_path):
+    from embedstore.datasets.ingest import ingest
+    from embedstore.index.similar import calibration, calibration_path
+
+    path = tmp_path / "s"
+    shutil.copytree(phantom_store, path)
+    with open_store(path) as st:
+        st.catalog.con.execute("UPDATE videos SET patient_id = NULL")  # vectors first, labels later
+        assert calibration(st, "r3d")["n_pairs"] == 0
+        ingest(phantom_cohort, st, progress=False)  # the same files again: only their labels are new
+        kept = json.loads(calibration_path(st, "r3d").read_text())
+        assert kept["n_pairs"] == 120 and kept["labels"] == st.catalog.labels_fingerprint("r3d")

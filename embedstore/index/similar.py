@@ -25,6 +25,7 @@ from embedstore.video.read import MAX_FRAMES
 
 MAX_SAME_PAIRS = 20_000  # a seeded sample above this keeps the fit fast on big cohorts
 SEED = 0
+CALIBRATION_SUFFIX = ".same-patient.json"  # indexes/<encoder>.same-patient.json
 METHOD = "logistic regression of same-patient on standardised cosine (Platt scaling)"
 
 
@@ -74,7 +75,14 @@ def probability(cal: dict, cosine: float) -> float | None:
 
 
 def calibration_path(store: Store, encoder: str) -> Path:
-    return store.indexes_dir / f"{encoder}.same-patient.json"
+    return store.indexes_dir / f"{encoder}{CALIBRATION_SUFFIX}"
+
+
+def refresh_calibrations(store: Store) -> None:
+    """After a writer changed patient labels (ingest): refit the calibrations the store keeps, so readers need not."""
+    kept = sorted(store.indexes_dir.glob(f"*{CALIBRATION_SUFFIX}")) if store.indexes_dir.exists() else []
+    for path in kept:
+        calibration(store, path.name[: -len(CALIBRATION_SUFFIX)])
 
 
 def calibration(store: Store, encoder: str) -> dict:
