@@ -367,6 +367,9 @@ def test_similar_ids_take_ids_only_and_similar_videos_files(phantom, counted, tm
         similar_ids(phantom, "r3d", a["video_id"], b["source_path"])
     by_files = similar_videos(phantom, "r3d", a["source_path"], b["source_path"])
     assert by_files["cosine"] == by_ids["cosine"] and counted == {"hash": 2, "decode": 0}
+    assert similar(phantom, "r3d", a["source_path"], b["video_id"])["cosine"] == by_ids["cosine"]  # the CLI's: either
+    with pytest.raises(NotFound, match="neither a video id with r3d vectors in the store nor a video file"):
+        similar(phantom, "r3d", a["video_id"], str(tmp_path / "absent.avi"))
     short = write_video(tmp_path / "short.avi", moving_frames(12, 112, seed=3))
     long = write_video(tmp_path / "long.avi", moving_frames(32, 112, seed=4))
     with pytest.raises(TooManyFrames, match="long.avi: more than 16 frames"):  # both files read before any model runs

@@ -47,12 +47,13 @@ def similar(store: Store, encoder: str, a: str, b: str) -> dict:
 
     Only for a local user who may name either; the service takes ids (similar_ids) or uploads (similar_videos).
     """
+    query = QueryEncoder.of(store, encoder)  # NotFound for an encoder without vectors, first
     held = store.catalog.rows_for(encoder, "videos", [a, b])
     for item in (a, b):
         if item not in held and not Path(item).is_file():
             raise NotFound(f"{item!r} is neither a video id with {encoder} vectors in the store nor a video file")
     files = [item for item in (a, b) if item not in held]
-    embedded = dict(zip(files, QueryEncoder.of(store, encoder).video_vectors(files))) if files else {}
+    embedded = dict(zip(files, query.video_vectors(files))) if files else {}
     first, second = (embedded[item][0] if item in embedded else store.get_vectors(encoder, [item]) for item in (a, b))
     return _answer(store, encoder, a, b, first, second)
 
