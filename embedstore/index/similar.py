@@ -4,8 +4,11 @@ Why a calibration: a raw cosine means different things for different encoders (r
 vectors sit near 1, EchoCLIP-R's near 0.4 for strangers). A logistic fit of "same patient" on the
 cosine of the store's labelled pairs turns it into a probability for this encoder and this data.
 The fit is cached next to the indexes with the fingerprints of the vectors and of the patient labels it
-was made from, written by the commands that write (`index`, `encode`); a reader that finds none current
-(new vectors, or labels a later ingest added) fits it and keeps it in memory.
+was made from, written by the commands that write (`index`, `encode`, and `ingest` when it sets labels);
+a reader that finds none current fits it and keeps it in memory.
+
+Entry points: similar_ids (stored ids: REST /similarity), similar_videos (files: REST uploads), similar
+(`embedstore similar`: each argument an id or a local file).
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ def similar(store: Store, encoder: str, a: str, b: str) -> dict:
 
 
 def _answer(store: Store, encoder: str, a: str, b: str, first: np.ndarray, second: np.ndarray) -> dict:
-    """The answer of every similar_*: the two vectors' cosine and the store's calibration of it."""
+    """The answer of all three: the two vectors' cosine and the store's calibration of it."""
     cosine = float(first[0] @ second[0])
     cal = calibration(store, encoder)
     return {"a": a, "b": b, "encoder": encoder, "cosine": round(cosine, 6),
