@@ -194,7 +194,7 @@ def encode(
     quiet: QuietOpt = False,
 ) -> None:
     """Embed every video (or report) not yet embedded by ENCODER; resumable, bad videos reported."""
-    from embedstore.engines import encode_with
+    from embedstore.encode.engines import encode_with
     from embedstore.store import open_store
 
     # with ray the model runs in the actors; the driver's copy only gives provenance and the preparer

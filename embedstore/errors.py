@@ -33,6 +33,10 @@ class VideoError(BadInput):
     status, code = 415, "bad_video"
 
 
+class TooManyFrames(VideoError):
+    """A video longer than the frame limit of whoever asked (an upload over the service's max_frames)."""
+
+
 class NotFound(EmbedstoreError):
     """An id, encoder, index or file that does not exist."""
 

@@ -116,3 +116,18 @@ def test_a_blank_video_fails_alone_and_the_batch_is_written(phantom_cohort, tmp_
         assert summary.added == 3 and [f["item"] for f in summary.failed] == ["blank"]
         assert "all-zero" in summary.failed[0]["error"]
         assert len(store.all_vectors("r3d")[0]) == 3
+
+
+def test_unknown_engine_is_one_line_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from embedstore.cli import app
+
+    with open_store(tmp_path / "s", create=True) as st:
+        st.add_videos([{"video_id": "v0"}])
+    before = sorted((p.name, p.stat().st_size) for p in (tmp_path / "s").rglob("*") if p.name != "catalog.duckdb.wal")
+    out = CliRunner().invoke(app, ["encode", "--store", str(tmp_path / "s"), "--encoder", "pixels", "--engine", "spark"])
+    assert out.exit_code == 2 and out.stderr == "error: unknown engine 'spark'; choose one of local, ray\n", out.output
+    with open_store(tmp_path / "s", read_only=True) as st:
+        assert st.catalog.query("SELECT count(*) FROM runs")[0][0] == 0 and not st.catalog.encoder("pixels")
+    assert sorted((p.name, p.stat().st_size) for p in (tmp_path / "s").rglob("*") if p.name != "catalog.duckdb.wal") == before

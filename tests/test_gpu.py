@@ -18,7 +18,7 @@ from embedstore.datasets.ingest import ingest
 from embedstore.datasets.phantom import make_phantom
 from embedstore.encode import ShapeBuckets, encode_store
 from embedstore.encoders import get_encoder
-from embedstore.engines.ray import plan_actors
+from embedstore.encode.ray import plan_actors
 from embedstore.errors import BadInput, OutOfMemory
 from embedstore.index.exact import knn
 from embedstore.store import open_store

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import binary_dilation, binary_erosion
 from scipy.stats import spearmanr
 
-from embedstore.datasets.phantom import _splits, fan_mask, make_phantom
+from embedstore.datasets.phantom import fan_mask, make_phantom, split_patients
 from embedstore.errors import BadInput
 from embedstore.video.read import read_video
 
@@ -97,7 +97,7 @@ def test_layout_counts_and_splits(cohort, rows):
 @pytest.mark.parametrize("patients", [1, 2, 3, 4, 5, 8, 12, 16, 20, 30, 60, 101])
 def test_splits_are_stratified_by_ef_class(patients):
     low = set(range(0, patients, 3))  # about a third, as in the cohort
-    split = _splits(patients, low, np.random.default_rng(patients))
+    split = split_patients(patients, low, np.random.default_rng(patients))
     n_held = max(1, round(patients / 8)) if patients >= 4 else round(patients / 8)
     assert split.count("VAL") == split.count("TEST") == n_held
     for name in ("VAL", "TEST"):
@@ -243,9 +243,9 @@ def test_bad_arguments_are_refused(tmp_path, kwargs):
 def test_patients_differ_by_anatomy_and_studies_by_acquisition():
     """Two studies of a patient: the same anatomy (a small drift), another probe pose, gain, TGC, sector
     and heart rate; every video its own texture. Videos of one study share the study's set-up."""
-    from embedstore.datasets.phantom import _plan
+    from embedstore.datasets.phantom import plan_cohort
 
-    cohort = _plan(12, 4, 2, seed=3)
+    cohort = plan_cohort(12, 4, 2, seed=3)
     by_patient = defaultdict(list)
     for study in cohort:
         by_patient[study.patient_id].append(study)

@@ -21,7 +21,7 @@ from embedstore.cli import app  # noqa: E402
 from embedstore.encode import encode_store, pending_videos, store_encoding  # noqa: E402
 from embedstore.encoders import get_encoder  # noqa: E402
 from embedstore.encoders.r3d import R3D  # noqa: E402
-from embedstore.engines.ray import EncoderRecipe, encode_store_ray, shard_stream, staging_dir  # noqa: E402
+from embedstore.encode.ray import EncoderRecipe, encode_store_ray, shard_stream, staging_dir  # noqa: E402
 from embedstore.store import open_store  # noqa: E402
 
 SUBSET = 12
@@ -154,7 +154,7 @@ def test_rerun_merges_a_dead_runs_shards_and_encodes_only_what_is_missing(local_
 @pytest.mark.slow
 def test_a_ray_started_by_embedstore_is_local_and_shut_down_after():
     code = ("import os, ray\n"
-            "from embedstore.engines.ray import ray_session\n"
+            "from embedstore.encode.ray import ray_session\n"
             "with ray_session(None):\n"
             "    assert ray.is_initialized() and os.environ['RAY_USAGE_STATS_ENABLED'] == '0'\n"
             "assert not ray.is_initialized()\n")

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from itertools import combinations
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from embedstore.cli import app
 from embedstore.errors import BadInput, Conflict, NotFound, VideoError
 from embedstore.index import Searcher, build_index, similar
 from embedstore.index import search as search_module
+from embedstore.index.search import QueryEncoder
 from embedstore.store import open_store
 from tests.media import moving_frames, truncate, write_video
 from tests.test_index import PROV, SPACE, make_store
@@ -126,7 +128,10 @@ def test_same_patient_groups_neighbours_by_patient(ro):
 
 
 def test_result_carries_provenance_ef_estimate_and_serialises(ro):
-    result = Searcher(ro, "toy").search_id("v00010", k=10)
+    searcher = Searcher(ro, "toy")
+    start = time.perf_counter()
+    result = searcher.search_id("v00010", k=10)
+    elapsed_ms = (time.perf_counter() - start) * 1000
     # the estimate: the 50 nearest videos outside the query's patient (p3: v00009-v00011)
     wide = Searcher(ro, "toy").search_id("v00010", k=53).hits
     efs = [h.metadata["ef"] for h in wide if h.metadata["patient_id"] != "p3"][:50]
@@ -134,7 +139,7 @@ def test_result_carries_provenance_ef_estimate_and_serialises(ro):
                                   "k": 50, "left_out": "the query's video and its patient's other videos"}
     data = json.loads(json.dumps(result.to_dict()))
     assert data["provenance"]["random_init"] is True and data["provenance"]["weights_sha256"] == "random-init"
-    assert data["provenance"]["index"]["factory"] == "Flat" and data["took_ms"] >= 0
+    assert data["provenance"]["index"]["factory"] == "Flat" and 0 < data["took_ms"] <= elapsed_ms  # the search's own time
     assert [h["rank"] for h in data["hits"]] == list(range(1, 11))
 
 
@@ -310,3 +315,98 @@ def test_where_cannot_read_server_files(tmp_path):
     with open_store(tmp_path / "s", read_only=True) as st:
         with pytest.raises(BadInput):
             Searcher(st, "toy").search_vector(np.ones(4), k=2, where=f"(SELECT count(*) FROM read_csv('{secret}')) > 0")
+
+
+# -- one library call per query: a video file is hashed once and decoded only when not stored -------
+@pytest.fixture()
+def counted(monkeypatch):
+    """Counts of file hashes and decodes made by the query encoder."""
+    import embedstore.datasets.ingest as ingest
+
+    calls = {"hash": 0, "decode": 0}
+    hash_file, decode = ingest.sha256_file, search_module.read_video
+
+    def hashing(path):
+        calls["hash"] += 1
+        return hash_file(path)
+
+    def decoding(*args, **kwargs):
+        calls["decode"] += 1
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "sha256_file", hashing)
+    monkeypatch.setattr(search_module, "read_video", decoding)
+    return calls
+
+
+def test_video_query_hashes_once_and_decodes_only_a_file_not_stored(phantom, counted, tmp_path):
+    from embedstore.errors import TooManyFrames
+
+    stored = phantom.videos()[5]
+    searcher = Searcher(phantom, "r3d")
+    result = searcher.search(video=stored["source_path"], k=3, max_frames=stored["n_frames"])
+    assert result.query["stored_id"] == stored["video_id"] and counted == {"hash": 1, "decode": 0}
+    # A stored file is held to the same limit (by its catalog frame count): refused whether stored or not.
+    with pytest.raises(TooManyFrames, match=f"more than {stored['n_frames'] - 1} frames"):
+        searcher.search(video=stored["source_path"], max_frames=stored["n_frames"] - 1)
+    assert counted["decode"] == 0
+    new = write_video(tmp_path / "new.avi", moving_frames(32, 112, seed=3))
+    with pytest.raises(TooManyFrames, match="new.avi: more than 8 frames"):
+        searcher.search(video=new, max_frames=8)
+    assert counted == {"hash": 3, "decode": 1} and "model" not in vars(searcher.query_encoder)  # no model ran
+
+
+def test_similar_ids_take_ids_only_and_similar_videos_files(phantom, counted, tmp_path):
+    from embedstore.errors import TooManyFrames
+    from embedstore.index import similar_ids, similar_videos
+
+    a, b = phantom.videos()[:2]
+    by_ids = similar_ids(phantom, "r3d", a["video_id"], b["video_id"])
+    assert by_ids == similar(phantom, "r3d", a["video_id"], b["video_id"]) and counted["hash"] == 0
+    with pytest.raises(NotFound, match="no r3d vector"):  # an existing file is no id
+        similar_ids(phantom, "r3d", a["video_id"], b["source_path"])
+    by_files = similar_videos(phantom, "r3d", a["source_path"], b["source_path"])
+    assert by_files["cosine"] == by_ids["cosine"] and counted == {"hash": 2, "decode": 0}
+    assert similar(phantom, "r3d", a["source_path"], b["video_id"])["cosine"] == by_ids["cosine"]  # the CLI's: either
+    with pytest.raises(NotFound, match="neither a video id with r3d vectors in the store nor a video file"):
+        similar(phantom, "r3d", a["video_id"], str(tmp_path / "absent.avi"))
+    short = write_video(tmp_path / "short.avi", moving_frames(12, 112, seed=3))
+    long = write_video(tmp_path / "long.avi", moving_frames(32, 112, seed=4))
+    with pytest.raises(TooManyFrames, match="long.avi: more than 16 frames"):  # both files read before any model runs
+        similar_videos(phantom, "r3d", short, long, max_frames=16)
+    assert counted["decode"] == 2 and "model" not in vars(QueryEncoder.of(phantom, "r3d"))
+
+
+def test_calibration_is_refitted_when_new_labels_arrive(tmp_path):
+    """Same vectors, new patient labels (a later ingest of the list): the cached fit is stale and is refitted."""
+    from embedstore.index.similar import calibration, calibration_path
+
+    rng = np.random.default_rng(0)
+    ids = [f"v{i:02d}" for i in range(12)]
+    centres = rng.normal(size=(4, 16))
+    vectors = np.repeat(centres, 3, axis=0) + 0.3 * rng.normal(size=(12, 16))  # 4 patients x 3 videos
+    with open_store(tmp_path / "s", create=True) as st:
+        st.add_videos([{"video_id": i} for i in ids])
+        st.add_vectors({**PROV, "dim": 16}, ids, vectors)
+        before = calibration(st, "toy")
+        assert before["n_pairs"] == 0 and calibration_path(st, "toy").exists()
+        st.catalog.update_labels([{"video_id": i, "patient_id": f"p{n // 3}"} for n, i in enumerate(ids)])
+        after = calibration(st, "toy")
+    assert after["n_pairs"] == 24 and after["same_pairs"] == 12 and after["coef"] > 0
+    assert after["fingerprint"] == before["fingerprint"]  # the vectors did not change; the labels did
+    with open_store(tmp_path / "s", read_only=True) as st:
+        assert calibration(st, "toy")["n_pairs"] == 24  # the refit was written, and is current for readers
+
+
+def test_ingest_of_new_labels_refits_the_kept_calibration(phantom_store, phantom_cohort, tmp_path):
+    from embedstore.datasets.ingest import ingest
+    from embedstore.index.similar import calibration, calibration_path
+
+    path = tmp_path / "s"
+    shutil.copytree(phantom_store, path)
+    with open_store(path) as st:
+        st.catalog.con.execute("UPDATE videos SET patient_id = NULL")  # vectors first, labels later
+        assert calibration(st, "r3d")["n_pairs"] == 0
+        ingest(phantom_cohort, st, progress=False)  # the same files again: only their labels are new
+        kept = json.loads(calibration_path(st, "r3d").read_text())
+        assert kept["n_pairs"] == 120 and kept["labels"] == st.catalog.labels_fingerprint("r3d")

@@ -65,6 +65,14 @@ def error_of(response: httpx.Response, status: int) -> dict:
     return body["error"]
 
 
+async def until(condition, timeout_s: float = 30.0) -> None:
+    """Wait for a condition the test can observe (no fixed sleep), within a generous bound."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the condition"
+        await asyncio.sleep(0.01)
+
+
 def cli_json(*args: str) -> dict:
     out = CliRunner().invoke(cli, [*args, "--json"])
     assert out.exit_code == 0, out.output
@@ -275,6 +283,7 @@ def test_full_queue_answers_503_with_retry_after_and_slow_requests_time_out(serv
     """One worker, no queue: a slow upload holds the only slot; another request is refused at once."""
     settings = Settings(worker_threads=1, queue_size=0, request_timeout_s=1.5, retry_after_s=7)
     video_path = f"/videos/{videos[0]['video_id']}"
+    app = create_app(service_store, settings)
 
     async def slow_body():
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow.avi"\r\n\r\n'
@@ -286,12 +295,12 @@ def test_full_queue_answers_503_with_retry_after_and_slow_requests_time_out(serv
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             upload = asyncio.create_task(c.post("/search/video", content=slow_body(),
                                                 headers={"content-type": "multipart/form-data; boundary=b"}))
-            await asyncio.sleep(0.5)
+            await until(lambda: app.state.service.pool.free == 0)  # the upload holds the only slot
             refused = await c.get(video_path)
             timed_out = await upload
             return refused, timed_out, await c.get(video_path)
 
-    with serving(create_app(service_store, settings)) as url:
+    with serving(app) as url:
         refused, timed_out, later = asyncio.run(scenario(url))
     assert error_of(refused, 503)["code"] == "busy" and refused.headers["retry-after"] == "7"
     assert error_of(timed_out, 503)["code"] == "timeout" and timed_out.headers["retry-after"] == "7"
@@ -301,11 +310,15 @@ def test_full_queue_answers_503_with_retry_after_and_slow_requests_time_out(serv
 def test_searches_run_on_one_thread_of_their_own_beside_busy_upload_workers():
     """A decode that holds every media thread does not hold up a search; searches share one store thread."""
     pool = WorkerPool(Settings(worker_threads=1))
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
+
+    def decode() -> bool:
+        started.set()
+        return release.wait(30)
 
     async def scenario() -> set[str]:
-        decoding = asyncio.ensure_future(pool.run("media", release.wait, 30))
-        await asyncio.sleep(0.1)  # the only media thread is now taken
+        decoding = asyncio.ensure_future(pool.run("media", decode))
+        assert await asyncio.to_thread(started.wait, 30)  # the only media thread is now taken
         names = await asyncio.wait_for(asyncio.gather(
             *(pool.run("search", lambda: threading.current_thread().name) for _ in range(8))), 5)
         assert not decoding.done()
@@ -336,7 +349,7 @@ def test_id_searches_are_answered_while_an_upload_is_embedded(base_url, videos, 
                     answered.append(time.perf_counter())
 
             task = asyncio.ensure_future(searches())
-            await asyncio.sleep(0.2)
+            await until(lambda: answered or task.done())  # searches are coming back
             start = time.perf_counter()
             upload = await c.post("/search/video", files={"file": ("new.avi", clip)}, data={"encoder": "r3d", "k": "3"})
             end = time.perf_counter()
@@ -372,3 +385,27 @@ def test_serve_command_binds_loopback_and_answers(service_store, tmp_path):
         proc.terminate()
         log = proc.communicate(timeout=30)[1]
     assert f"Uvicorn running on http://127.0.0.1:{port}" in log, log
+
+
+def test_chunked_bodies_are_held_to_the_limits(service_store, videos):
+    """Without a Content-Length the limits count the bytes as they stream: a JSON body, a multipart upload."""
+    settings = Settings(max_body_bytes=64 * 1024, max_upload_bytes=256 * 1024)
+
+    def chunks(head: bytes, n: int, tail: bytes = b"") -> Iterator[bytes]:
+        yield head
+        for _ in range(n):
+            yield b" " * 16 * 1024
+        yield tail
+
+    form = ('--b\r\nContent-Disposition: form-data; name="encoder"\r\n\r\nr3d\r\n'
+            '--b\r\nContent-Disposition: form-data; name="file"; filename="big.avi"\r\n\r\n').encode()
+    search = json.dumps({"encoder": "r3d", "k": 2, "query": {"video_id": videos[0]["video_id"]}}).encode()
+    with serving(create_app(service_store, settings)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        small = c.post("/search", content=chunks(search[:-1], 2, search[-1:]), headers={"content-type": "application/json"})
+        big = c.post("/search", content=chunks(search[:-1], 5, search[-1:]), headers={"content-type": "application/json"})
+        upload = c.post("/search/video", content=chunks(form, 20, b"\r\n--b--\r\n"),
+                        headers={"content-type": "multipart/form-data; boundary=b"})
+    assert "content-length" not in big.request.headers and big.request.headers["transfer-encoding"] == "chunked"
+    assert small.status_code == 200 and small.json()["results"], small.text  # counted, not refused for being chunked
+    assert error_of(big, 413)["code"] == "too_large" and "65536 bytes" in big.text
+    assert error_of(upload, 413)["code"] == "too_large" and "big.avi is over this service's upload limit" in upload.text

@@ -32,7 +32,7 @@ import numpy as np
 from embedstore.analysis.evaluate import EF_CUTOFF, SEEDED_SHARES, SPLITS
 from embedstore.errors import BadInput, Conflict, EmbedstoreError, NotFound
 from embedstore.index.centring import centre
-from embedstore.index.search import QueryEncoder, Searcher
+from embedstore.index.search import Searcher
 from embedstore.progress import bar
 from embedstore.store import Store, open_store
 from embedstore.video.read import Video, read_video
@@ -149,7 +149,7 @@ def _perturbation_threshold(store: Store, searcher: Searcher, level: float, samp
     if not with_files or sample <= 0:
         return None, "the store has no video files to re-encode"
     try:
-        query = QueryEncoder(store, searcher.encoder)  # the set's encoder, and the mask its videos were read with
+        query = searcher.query_encoder  # the set's encoder, and the mask its videos were read with
         model = query.model
     except EmbedstoreError as exc:
         return None, f"the encoder cannot be rebuilt here: {exc.message}"

@@ -106,7 +106,8 @@ def video_sets(store: Store) -> list[str]:
 def pixel_vectors(store: Store, items: list[tuple[str, str]], workers: int = 2,
                   progress: bool = False) -> tuple[list[str], np.ndarray, int]:
     """(ids, pixel-baseline vectors, how many files failed) for (video_id, path) pairs, computed now."""
-    from embedstore.encode import prepared_stream, store_encoding
+    from embedstore.encode.job import store_encoding
+    from embedstore.encode.reader import prepared_stream
     from embedstore.encoders import get_encoder
     from embedstore.progress import bar
 

@@ -148,6 +148,10 @@ def ingest(source: str | Path, store: Store, reports: str | Path | None = None, 
             summary.reports = store.add_reports(report_rows)
         run.added = summary.added
         run.failures = [{"item": p, "error": r} for p, r in summary.skipped]
+    if summary.labelled:  # new patient labels make a kept same-patient calibration stale: the writer refits it
+        from embedstore.index.similar import refresh_calibrations
+
+        refresh_calibrations(store)
     return summary
 
 

@@ -193,7 +193,7 @@ def make_phantom(out: Path | str, patients: int = 20, videos_per_patient: int = 
     out = Path(out)
     videos_dir = out / "Videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
-    cohort = _plan(patients, videos_per_patient, studies_per_patient, seed, fps, fps_spread)
+    cohort = plan_cohort(patients, videos_per_patient, studies_per_patient, seed, fps, fps_spread)
     labels = _write_videos(cohort, videos_dir, frames, size, codec)
     paths = {"file_list": out / "FileList.csv", "volume_tracings": out / "VolumeTracings.csv",
              "reports": out / "reports.csv"}
@@ -254,7 +254,7 @@ def render_cohort(patients: int, videos_per_patient: int, studies_per_patient: i
     video's "sector" is the (half-angle, depth) it was drawn with: `fan_mask(size, *sector)` is its fan.
     """
     _check(patients, videos_per_patient, studies_per_patient, seed, frames, fps, size, "mjpeg")
-    for study in _plan(patients, videos_per_patient, studies_per_patient, seed, fps, False):
+    for study in plan_cohort(patients, videos_per_patient, studies_per_patient, seed, fps, False):
         for name, take in study.takes:
             take = take if overlay is None else replace(take, overlay=overlay)
             if reference:
@@ -295,13 +295,13 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
-def _plan(patients: int, videos: int, studies: int, seed: int, fps: float = 50.0, fps_spread: bool = False) -> list[_Study]:
+def plan_cohort(patients: int, videos: int, studies: int, seed: int, fps: float = 50.0, fps_spread: bool = False) -> list[_Study]:
     """Patients with their studies and takes (a patient's videos spread evenly over the studies);
     EF classes and splits are stratified by patient."""
     order = _rng(seed, 0).permutation(patients)
     n_low = max(1, round(_LOW_EF_SHARE * patients)) if patients >= 2 else int(_rng(seed, 1).random() < _LOW_EF_SHARE)
     low_ef = set(order[:n_low].tolist())
-    splits = _splits(patients, low_ef, _rng(seed, 2))
+    splits = split_patients(patients, low_ef, _rng(seed, 2))
     names: set[str] = set()
     cohort = []
     for p in range(patients):
@@ -319,7 +319,7 @@ def _plan(patients: int, videos: int, studies: int, seed: int, fps: float = 50.0
     return cohort
 
 
-def _splits(patients: int, low_ef: set[int], rng: np.random.Generator) -> list[str]:
+def split_patients(patients: int, low_ef: set[int], rng: np.random.Generator) -> list[str]:
     """TRAIN/VAL/TEST by patient, about 75/12.5/12.5, each non-empty from 4 patients up, stratified by EF class.
 
     TRAIN keeps at least one patient of each class; a VAL or TEST split of two or more patients holds

@@ -94,7 +94,7 @@ def classify_store(store, classifier: str = "echoprime", model_data: str | Path 
                    device: str = "auto", batch_size: int = 16, workers: int = 2, all_videos: bool = False,
                    progress: bool = True) -> ViewSummary:
     """Classify the view of every video of `store` without one (all with `all_videos`); a bad file is listed."""
-    from embedstore.encode import prepared_stream
+    from embedstore.encode.reader import prepared_stream
     from embedstore.video.regions import MaskedPreparer
 
     if classifier not in CLASSIFIERS:

@@ -20,15 +20,15 @@ import numpy as np
 
 from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.devices import faiss_gpus
-from embedstore.errors import BadInput, Conflict, NotFound
+from embedstore.errors import BadInput, Conflict, NotFound, TooManyFrames
 from embedstore.index import exact
 from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters, sidecar_centre
 from embedstore.index.centring import centre
 from embedstore.store import Store, normalise
 from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
 from embedstore.store.store import TARGETS
-from embedstore.video.read import Video, read_video
-from embedstore.video.regions import MASK_KEY, mask_video
+from embedstore.video.read import MAX_FRAMES, Video, read_video
+from embedstore.video.regions import MASK_KEY
 
 META_COLUMNS = {
     "videos": ("videos", "video_id", ("patient_id", "study_id", "view", "split", "ef", "esv", "edv", "source_path",
@@ -108,17 +108,39 @@ class QueryEncoder:
                            f"reproduce them (cosine {cosine:.2f} on video {found[0]}): query by --id or --vector, "
                            f"or by a video file already in the store")
 
-    def video_vector(self, video: str | Path | Video) -> tuple[np.ndarray, str | None]:
+    @classmethod
+    def of(cls, store: Store, encoder: str, info: dict | None = None) -> QueryEncoder:
+        """The store's one QueryEncoder for `encoder`, so every search and similarity shares one rebuilt model."""
+        key = ("query_encoder", encoder)
+        if key not in store.memo:
+            store.memo[key] = cls(store, encoder, info)
+        return store.memo[key]
+
+    def video_vector(self, path: str | Path, max_frames: int = MAX_FRAMES) -> tuple[np.ndarray, str | None]:
         """(vector [1, D], id of the stored video with the same file bytes or None); stored files need no model."""
-        if not isinstance(video, Video):
-            path = Path(video)
-            if not path.is_file():
-                raise NotFound(f"{path}: no such video file; check the path")
-            stored = self.stored_video_id(path)
-            if stored is not None:
-                return self.store.get_vectors(self.name, [stored]), stored
-            video = read_video(path)
-        return self.model.embed_videos([mask_video(video, self.mask)]), None
+        return self.video_vectors([path], max_frames)[0]
+
+    def video_vectors(self, paths: list[str | Path], max_frames: int = MAX_FRAMES) -> list[tuple[np.ndarray, str | None]]:
+        """video_vector of each file; every file is hashed once and checked against max_frames before any model runs."""
+        found = [self._stored_or_decoded(Path(p), max_frames) for p in paths]
+        return [(self.store.get_vectors(self.name, [stored]), stored) if stored is not None
+                else (self.model.embed_videos([video]), None) for stored, video in found]
+
+    def _stored_or_decoded(self, path: Path, max_frames: int) -> tuple[str | None, Video | None]:
+        """(id of a stored video with these file bytes, None) without decoding, else (None, the file decoded and masked).
+
+        A stored file is held to max_frames too (by its catalog frame count), so whether a file is refused
+        does not depend on whether it happens to be in the store.
+        """
+        if not path.is_file():
+            raise NotFound(f"{path}: no such video file; check the path")
+        stored = self.stored_video_id(path)
+        if stored is None:
+            return None, read_video(path, max_frames=max_frames, mask=self.mask)
+        frames = self.store.videos([stored])[0]["n_frames"]
+        if frames is not None and frames > max_frames:
+            raise TooManyFrames(f"{path}: more than {max_frames} frames ({frames}); raise max_frames to read it")
+        return stored, None
 
     def stored_video_id(self, path: Path) -> str | None:
         """The id of a stored video with a vector whose file has exactly these bytes."""
@@ -164,7 +186,7 @@ class Searcher:
         self._dense = self.size == 0 or int(self.rows[-1] - self.rows[0]) == self.size - 1  # rows first..last, no gaps
         self.exact_storage = holds_exact_vectors(self.index)
         self._plain_params: dict[int, faiss.SearchParameters | None] = {}
-        self.query_encoder = QueryEncoder(store, encoder, info)
+        self.query_encoder = QueryEncoder.of(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
         self.centre = sidecar_centre(self.sidecar)  # a centred index: every query loses the same mean
         self.filter_timeout_s = FILTER_TIMEOUT_S  # the service lowers it to its request budget
@@ -217,13 +239,13 @@ class Searcher:
         return self._search(vector, k, where, exclude, same_patient, {"kind": "id", "id": video_id}, start,
                             query_id=video_id)
 
-    def search_video(self, video: str | Path | Video, k: int = 10, where: str | None = None,
-                     same_patient: bool = False) -> SearchResult:
-        """Neighbours of a video file (or decoded Video); a file already in the store uses its stored vector."""
+    def search_video(self, video: str | Path, k: int = 10, where: str | None = None,
+                     same_patient: bool = False, max_frames: int = MAX_FRAMES) -> SearchResult:
+        """Neighbours of a video file, hashed once: a file already in the store uses its stored vector, any other
+        is decoded (TooManyFrames past max_frames) and embedded."""
         start = time.perf_counter()
-        vector, stored = self.query_encoder.video_vector(video)
-        path = video.path if isinstance(video, Video) else video
-        query = {"kind": "video", "path": str(path) if path else None, "stored_id": stored}
+        vector, stored = self.query_encoder.video_vector(video, max_frames)
+        query = {"kind": "video", "path": str(video), "stored_id": stored}
         return self._search(vector, k, where, (), same_patient, query, start, query_id=stored)
 
     def search_text(self, text: str, k: int = 10, where: str | None = None, same_patient: bool = False) -> SearchResult:
@@ -265,8 +287,10 @@ class Searcher:
 
     def search(self, *, video=None, id: str | None = None, text: str | None = None, report: str | None = None,
                vector=None, study: str | None = None, section: str | None = None, k: int = 10,
-               where: str | None = None, exclude_self: bool = True, same_patient: bool = False) -> SearchResult:
-        """Exactly one of video, id, text, report, vector, study: the entry point of the CLI and the REST service."""
+               where: str | None = None, exclude_self: bool = True, same_patient: bool = False,
+               max_frames: int = MAX_FRAMES) -> SearchResult:
+        """Exactly one of video, id, text, report, vector, study: the entry point of the CLI and the REST service
+        (max_frames bounds a video file's decode)."""
         given = {name: value for name, value in {"video": video, "id": id, "text": text, "report": report,
                                                  "vector": vector, "study": study}.items() if value is not None}
         if len(given) != 1:
@@ -279,7 +303,9 @@ class Searcher:
             return self.search_study(study, section, **common)
         if id is not None:
             return self.search_id(id, exclude_self=exclude_self, **common)
-        method = {"video": self.search_video, "text": self.search_text, "report": self.search_report,
+        if video is not None:
+            return self.search_video(video, max_frames=max_frames, **common)
+        method = {"text": self.search_text, "report": self.search_report,
                   "vector": self.search_vector}[next(iter(given))]
         return method(next(iter(given.values())), **common)
 

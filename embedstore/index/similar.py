@@ -3,8 +3,12 @@
 Why a calibration: a raw cosine means different things for different encoders (random-init R3D
 vectors sit near 1, EchoCLIP-R's near 0.4 for strangers). A logistic fit of "same patient" on the
 cosine of the store's labelled pairs turns it into a probability for this encoder and this data.
-The fit is cached next to the indexes with the store fingerprint it was made from, written by the
-commands that write (`index`, `encode`); a reader that finds none current fits it and keeps it in memory.
+The fit is cached next to the indexes with the fingerprints of the vectors and of the patient labels it
+was made from, written by the commands that write (`index`, `encode`, and `ingest` when it sets labels);
+a reader that finds none current fits it and keeps it in memory.
+
+Entry points: similar_ids (stored ids: REST /similarity), similar_videos (files: REST uploads), similar
+(`embedstore similar`: each argument an id or a local file).
 """
 from __future__ import annotations
 
@@ -20,29 +24,50 @@ from embedstore.errors import NotFound
 from embedstore.index.build import write_json_atomic
 from embedstore.index.search import QueryEncoder
 from embedstore.store import Store
+from embedstore.video.read import MAX_FRAMES
 
 MAX_SAME_PAIRS = 20_000  # a seeded sample above this keeps the fit fast on big cohorts
 SEED = 0
+CALIBRATION_SUFFIX = ".same-patient.json"  # indexes/<encoder>.same-patient.json
 METHOD = "logistic regression of same-patient on standardised cosine (Platt scaling)"
 
 
-def similar(store: Store, encoder: str, a: str | Path, b: str | Path) -> dict:
-    """Cosine of two videos (stored ids or video files) and the calibrated same-patient probability."""
-    query = QueryEncoder(store, encoder)
-    cosine = float(item_vector(query, a)[0] @ item_vector(query, b)[0])
+def similar_ids(store: Store, encoder: str, a: str, b: str) -> dict:
+    """Cosine of two stored videos and the calibrated same-patient probability; a string is an id, never a file."""
+    first, second = (store.get_vectors(encoder, [item]) for item in (a, b))
+    return _answer(store, encoder, a, b, first, second)
+
+
+def similar_videos(store: Store, encoder: str, a: str | Path, b: str | Path, max_frames: int = MAX_FRAMES) -> dict:
+    """The same for two video files: each hashed once, a stored one answers with its stored vector, the others
+    are decoded (both held to max_frames, TooManyFrames, before any model runs) and embedded."""
+    (first, _), (second, _) = QueryEncoder.of(store, encoder).video_vectors([a, b], max_frames)
+    return _answer(store, encoder, str(a), str(b), first, second)
+
+
+def similar(store: Store, encoder: str, a: str, b: str) -> dict:
+    """`embedstore similar`: each argument a stored video id, else a video file on this machine.
+
+    Only for a local user who may name either; the service takes ids (similar_ids) or uploads (similar_videos).
+    """
+    query = QueryEncoder.of(store, encoder)  # NotFound for an encoder without vectors, first
+    held = store.catalog.rows_for(encoder, "videos", [a, b])
+    for item in (a, b):
+        if item not in held and not Path(item).is_file():
+            raise NotFound(f"{item!r} is neither a video id with {encoder} vectors in the store nor a video file")
+    files = [item for item in (a, b) if item not in held]
+    embedded = dict(zip(files, query.video_vectors(files))) if files else {}
+    first, second = (embedded[item][0] if item in embedded else store.get_vectors(encoder, [item]) for item in (a, b))
+    return _answer(store, encoder, a, b, first, second)
+
+
+def _answer(store: Store, encoder: str, a: str, b: str, first: np.ndarray, second: np.ndarray) -> dict:
+    """The answer of all three: the two vectors' cosine and the store's calibration of it."""
+    cosine = float(first[0] @ second[0])
     cal = calibration(store, encoder)
-    return {"a": str(a), "b": str(b), "encoder": encoder, "cosine": round(cosine, 6),
+    return {"a": a, "b": b, "encoder": encoder, "cosine": round(cosine, 6),
             "same_patient_probability": probability(cal, cosine),
             "calibration": {k: cal[k] for k in ("n_pairs", "method", "auc")}}
-
-
-def item_vector(query: QueryEncoder, item: str | Path) -> np.ndarray:
-    """[1, D]: a stored video id's vector, else a video file's; NotFound when it is neither."""
-    if query.store.catalog.rows_for(query.name, "videos", [str(item)]):
-        return query.store.get_vectors(query.name, [str(item)])
-    if Path(item).is_file():
-        return query.video_vector(item)[0]
-    raise NotFound(f"{str(item)!r} is neither a video id with {query.name} vectors in the store nor a video file")
 
 
 def probability(cal: dict, cosine: float) -> float | None:
@@ -54,7 +79,14 @@ def probability(cal: dict, cosine: float) -> float | None:
 
 
 def calibration_path(store: Store, encoder: str) -> Path:
-    return store.indexes_dir / f"{encoder}.same-patient.json"
+    return store.indexes_dir / f"{encoder}{CALIBRATION_SUFFIX}"
+
+
+def refresh_calibrations(store: Store) -> None:
+    """After a writer changed patient labels (ingest): refit the calibrations the store keeps, so readers need not."""
+    kept = sorted(store.indexes_dir.glob(f"*{CALIBRATION_SUFFIX}")) if store.indexes_dir.exists() else []
+    for path in kept:
+        calibration(store, path.name[: -len(CALIBRATION_SUFFIX)])
 
 
 def calibration(store: Store, encoder: str) -> dict:
@@ -63,17 +95,17 @@ def calibration(store: Store, encoder: str) -> dict:
     A fit made now is written only by a store that may write derived files (`index`, `encode`);
     a reader (search, serve, similar) keeps it in memory for its lifetime and writes nothing.
     """
-    fingerprint = store.catalog.fingerprint(encoder, "videos")
+    current = {"fingerprint": store.catalog.fingerprint(encoder, "videos"), "labels": store.catalog.labels_fingerprint(encoder)}
     memo = store.memo.get(("calibration", encoder))
-    if memo is not None and memo["fingerprint"] == fingerprint:
+    if memo is not None and all(memo.get(k) == v for k, v in current.items()):
         return memo
     path = calibration_path(store, encoder)
     try:
         cal = json.loads(path.read_text())
     except (OSError, ValueError):  # none yet, or a damaged copy: fit again
         cal = {}
-    if cal.get("fingerprint") != fingerprint:
-        cal = {**fit_calibration(store, encoder), "fingerprint": fingerprint,
+    if any(cal.get(k) != v for k, v in current.items()):  # other vectors, or other patients (new labels)
+        cal = {**fit_calibration(store, encoder), **current,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if store.writes_derived:
             write_json_atomic(path, cal)

@@ -1,8 +1,8 @@
 """The REST service: `create_app(store)` builds the FastAPI app, `serve` runs it under uvicorn.
 
-Routes parse, hand one library call to the worker pool (see state.py) and format; search and
-similarity are the very functions behind `embedstore search` and `embedstore similar`, so the CLI
-and the API answer alike. Every error is JSON `{"error": {"code", "message"}}` with the status of
+Routes parse, hand one library call to the worker pool (see state.py) and format; search is the
+very function behind `embedstore search`, and similarity answers through index/similar.py as
+`embedstore similar` does (ids: similar_ids; uploads: similar_videos), so the CLI and the API answer alike. Every error is JSON `{"error": {"code", "message"}}` with the status of
 the library's EmbedstoreError; validation errors are 422; anything unexpected is a 500 whose body
 says nothing about the server (the traceback goes to the server log only). Absolute paths are
 scrubbed from every message, since library messages name the files they read.

@@ -320,6 +320,15 @@ class Catalog:
         ).fetchone()
         return f"{n}:{last}:{int(ids_hash) & 0xFFFFFFFFFFFF:x}"
 
+    def labels_fingerprint(self, encoder: str) -> str:
+        """Changes whenever the patients of videos with an `encoder` vector change (what a calibration is fitted on)."""
+        n, ids_hash = self.con.execute(
+            "SELECT count(*), coalesce(sum(hash(e.item_id, v.patient_id)), 0) FROM embeddings e "
+            "JOIN videos v ON v.video_id = e.item_id WHERE e.encoder = ? AND e.target = 'videos' AND v.patient_id IS NOT NULL",
+            [encoder],
+        ).fetchone()
+        return f"{n}:{int(ids_hash) & 0xFFFFFFFFFFFF:x}"
+
     # -- named questions of the layers above (SQL stays here) --------------------------------
     def pending_videos(self, encoder: str) -> list[tuple[str, str]]:
         """(video_id, source_path) of videos with a file and no `encoder` vector yet, by id."""

@@ -18,7 +18,6 @@ from typing import Iterator
 
 import numpy as np
 
-from embedstore import config
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.store.atomic import disk_full, no_space
 from embedstore.store.catalog import Catalog
@@ -84,16 +83,6 @@ class Store:
         if not read_only:
             self._keep_salt()
             record_writer(self.path)
-        from embedstore.store.compact import finish_swap  # work a crash interrupted: finished by writers first
-        from embedstore.store.erase import finish_pending
-
-        try:
-            finish_swap(self)
-            if not read_only:
-                finish_pending(self)
-        except BaseException:
-            self.close()
-            raise
 
     def close(self) -> None:
         if not self.read_only:
@@ -316,19 +305,3 @@ def _write_private(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def open_store(path: str | Path | None = None, create: bool = False, read_only: bool = False,
-               write_derived: bool = False) -> Store:
-    """Open the store folder at `path` (default $EMBEDSTORE_HOME); `create` makes a new one.
-
-    read_only: share the store with other readers and write nothing; write_derived (with read_only):
-    also (re)write indexes, views and calibrations."""
-    path = Path(path) if path is not None else config.home()
-    if not (path / "catalog.duckdb").exists():
-        if not create:
-            raise NotFound(f"no store at {path}; create one with `embedstore ingest SOURCE --store {path}`")
-        if read_only:
-            raise BadInput("cannot create a store read-only")
-        path.mkdir(parents=True, exist_ok=True)
-    return Store(path, read_only=read_only, write_derived=write_derived)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import embedstore
 from embedstore.analysis.metrics import accuracy_threshold, youden_threshold
-from embedstore.encode import prepared_stream
+from embedstore.encode.reader import prepared_stream
 from embedstore.video.regions import MaskedPreparer
 from embedstore.encoders.weights import sha256_file
 from embedstore.progress import bar

@@ -20,9 +20,9 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from embedstore.errors import VideoError
+from embedstore.errors import TooManyFrames, VideoError
 from embedstore.video.deid import deidentify, default_salt
-from embedstore.video.read import MAX_FRAMES, MAX_SIDE, Video
+from embedstore.video.frames import MAX_FRAMES, MAX_SIDE, Video
 from embedstore.video.regions import header_regions
 
 SUPPORTED_PHOTOMETRIC = {
@@ -135,7 +135,7 @@ def _geometry(ds: Dataset, path: Path, max_frames: int) -> tuple[int, int, int, 
     if n_frames < 1:
         raise VideoError(f"{path}: header declares {n_frames} frames; re-export the file")
     if n_frames > max_frames:
-        raise VideoError(f"{path}: has {n_frames} frames, more than max_frames={max_frames}; raise max_frames to read it")
+        raise TooManyFrames(f"{path}: has {n_frames} frames, more than max_frames={max_frames}; raise max_frames to read it")
     if samples not in (1, 3):
         raise VideoError(f"{path}: {samples} samples per pixel is not supported; export as RGB or monochrome")
     return rows, cols, n_frames, samples

@@ -5,39 +5,14 @@ is a VideoError naming the file and the problem, so a batch can report it and go
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from embedstore.errors import NotFound, VideoError
+from embedstore.errors import NotFound, TooManyFrames, VideoError
+from embedstore.video.frames import MAX_FRAMES, MAX_SIDE, Video
 
 VIDEO_SUFFIXES = {".avi": "avi", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mp4", ".dcm": "dicom", ".dicom": "dicom"}
-MAX_SIDE = 4096  # larger frames are not echo cines; refuse before allocating
-MAX_FRAMES = 20_000
-
-
-@dataclass
-class Video:
-    """Decoded frames and what is known of their timing; `meta` never holds PHI."""
-
-    frames: np.ndarray  # uint8 [T, H, W, 3]
-    fps: float
-    format: str
-    path: Path | None = None
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.frames.shape[0])
-
-    @property
-    def height(self) -> int:
-        return int(self.frames.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self.frames.shape[2])
 
 
 def video_format(path: Path) -> str:
@@ -121,7 +96,7 @@ def _read_av(path: Path, kind: str, max_frames: int) -> Video:
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if len(frames) > max_frames:
-                    raise VideoError(f"{path}: more than {max_frames} frames; raise max_frames to read it")
+                    raise TooManyFrames(f"{path}: more than {max_frames} frames; raise max_frames to read it")
         except av.error.FFmpegError as exc:
             raise VideoError(f"{path}: damaged after {len(frames)} frame(s) ({_why(exc)}); re-copy or re-export it") from exc
     if not frames:

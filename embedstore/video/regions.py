@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from embedstore.errors import BadInput, VideoError
 from embedstore.video.prepare import apply_mask, sector_mask
-from embedstore.video.read import Video
+from embedstore.video.frames import Video
 
 MASK_SETTINGS = ("on", "off")
 MASK_KEY = "mask"  # in Video.meta (what was done) and in a vector set's preprocessing (the store's setting)

@@ -2,7 +2,7 @@
 
 A Ray Data pipeline in which one block is one shard of consecutive pending videos (id order):
   catalog rows (video_id, path) of videos without a vector for the encoder
-  -> CPU tasks: read + prepare every video of the block (encode.prepare_one, the local reader job)
+  -> CPU tasks: read + prepare every video of the block (reader.prepare_one, the local reader job)
   -> encoder actors, one model each (one GPU each when the cluster has GPUs)
   -> each actor writes its block to <store>/staging/<encoder>/<run>-<first position>.npz
      (ids, vectors, failed ids and why), atomically
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from embedstore import config
-from embedstore.encode import EncodeSummary, pending_videos, prepare_one, run_args, store_encoding, write_batch
+from embedstore.encode.job import EncodeSummary, pending_videos, run_args, store_encoding, write_batch
+from embedstore.encode.reader import prepare_one
 from embedstore.encoders import Encoder
 from embedstore.encoders.provenance import rebuild
 from embedstore.errors import BadInput

@@ -1,14 +1,15 @@
-"""Encode engines: `local` (reader threads on this machine, embedstore.encode) and `ray` (a Ray cluster).
+"""`embedstore encode --engine`: `local` (reader threads on this machine, local.py) or `ray` (a Ray cluster, ray.py).
 
-Both run the same reader job (encode.prepare_one) and the same Encoder.embed_prepared, and commit
-through Store.writer, so they give the same vectors for the same videos. Ray is an optional
+Both run the same reader job (reader.prepare_one) and the same Encoder.embed_prepared, and commit
+through job.write_batch and Store.writer, so they give the same vectors for the same videos. Ray is an optional
 dependency (`pip install 'embedstore[ray]'`), imported only when the ray engine runs.
 """
 from __future__ import annotations
 
 import importlib.util
 
-from embedstore.encode import EncodeSummary, encode_store
+from embedstore.encode.job import EncodeSummary
+from embedstore.encode.local import encode_store
 from embedstore.encoders import Encoder
 from embedstore.errors import BadInput
 from embedstore.index.build import refresh
@@ -36,7 +37,7 @@ def _run(engine: str, store: Store, encoder: Encoder, batch_size: int, workers: 
         raise BadInput(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if importlib.util.find_spec("ray") is None:
         raise BadInput("--engine ray needs Ray Data: pip install 'embedstore[ray]'")
-    from embedstore.engines.ray import encode_store_ray
+    from embedstore.encode.ray import encode_store_ray
 
     return encode_store_ray(store, encoder, batch_size=batch_size, address=ray_address, gpus_per_worker=gpus_per_worker,
                             cpus_per_decode=cpus_per_decode, progress=progress, target=target, device=device)
