@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/rest.py                        # a 10,030-video store in a temporary folder
     .venv/bin/python bench/rest.py --store /tmp/rest10k   # reuse that store (built there on the first run)
+    .venv/bin/python bench/rest.py --store W/store-1000000 --workers 1   # the 1M store bench/search.py --workdir W left
 
 The store holds 10,030 embedding-like 512-d vectors (bench/vectors.py) with catalog rows (patient, split,
 EF, path), written by bench/search.py's `bulk_store` and indexed by `build_index` (exact Flat at this size).
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.search import ENCODER, bulk_store, log, machine  # noqa: E402
 from bench.vectors import LatentMixture  # noqa: E402
 from embedstore.index import Searcher, build_index  # noqa: E402
+from embedstore.index.build import read_sidecar  # noqa: E402
 from embedstore.store import open_store  # noqa: E402
 
 N = 10_030
@@ -47,12 +49,13 @@ CLIENT_NAMES = {"raw": "bare asyncio HTTP/1.1 keep-alive connections", "httpx": 
 GOAL = "id queries at 8 clients: >= 500 requests/s with p99 < 50 ms"
 
 
-def ensure_store(path: Path) -> None:
-    """Build the store and its index once; a later run with the same --store reuses them."""
+def ensure_store(path: Path, n: int) -> None:
+    """Build the store and its index once; a later run with the same --store reuses them (whatever their size:
+    bench/search.py --workdir W leaves a 1M store with its HNSW index in W/store-1000000)."""
     if (path / "catalog.duckdb").exists():
         return
-    log(f"building a {N:,} x {DIM} store in {path}")
-    vectors, _ = LatentMixture(DIM).sample(N, seed=1)
+    log(f"building a {n:,} x {DIM} store in {path}")
+    vectors, _ = LatentMixture(DIM).sample(n, seed=1)
     with bulk_store(path, vectors) as store:
         build_index(store, ENCODER, progress=False)
 
@@ -241,6 +244,7 @@ def table(rows: list[tuple[int, str, int, dict, np.ndarray]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, default=None, help="store folder to reuse or build (default: temporary)")
+    parser.add_argument("--n", type=int, default=N, help="vectors in a store built here (a reused --store keeps its own)")
     parser.add_argument("--requests", type=int, default=3000, help="requests per run at most")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per run at most")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the table gives medians")
@@ -250,7 +254,10 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     path = args.store or Path(tempfile.mkdtemp(prefix="embedstore-rest-")) / "store"
-    ensure_store(path)
+    ensure_store(path, args.n)
+    with open_store(path, read_only=True) as store:
+        sidecar = read_sidecar(store, ENCODER)
+    size, factory = sidecar["n"], sidecar["factory"]
     by_id, by_vector = queries(path, 1000)
     local = {"id": in_process(path, by_id), "vector": in_process(path, by_vector)}
     log_file = path.parent / "rest-server.log"
@@ -270,7 +277,7 @@ def main() -> None:
             proc.wait(30)
     print(f"# embedstore REST benchmark, {time.strftime('%Y-%m-%d %H:%M')}\n\n{machine()}; 1-min load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work on the machine skews every figure)\n")
-    print(f"{N:,} x {DIM} vectors (Flat index), k={K}; server: `embedstore serve --workers N` (uvicorn, FAISS 1 thread), "
+    print(f"{size:,} x {DIM} vectors ({factory} index), k={K}; server: `embedstore serve --workers N` (uvicorn, FAISS 1 thread), "
           f"clients: {CLIENT_NAMES[args.client]} in this process on the same machine; medians of {args.repeats} runs per cell, each "
           f"at most {args.requests} requests or {args.seconds:g} s.\n")
     print(table(rows) + "\n")
