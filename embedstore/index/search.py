@@ -436,17 +436,24 @@ class Searcher:
         allowed = None if where is None else self.allowed(where)
         if restrict is not None:  # rows a query kind itself limits to (a study's section)
             allowed = restrict if allowed is None else np.intersect1d(allowed, restrict)
+        left_out = self._estimate_left_out(query_id)
+        wide = None
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
-        else:
+        elif left_out is None:
             scores, rows = self._neighbours(vector, k, allowed, exclude)
             counts = None
+        else:  # one search serves the hits and the label estimate: enough rows for both after their exclusions
+            wide_scores, wide = self._neighbours(vector, max(k + len(exclude), EF_ESTIMATE_K + len(left_out[0])),
+                                                 allowed, NO_ROWS)
+            keep = _kept(wide, exclude)
+            scores, rows, counts = wide_scores[keep][:k], wide[keep][:k], None
         hits = self._hits(scores, rows, counts)
         query = self._query_record(query, k, len(hits), where, same_patient, bool(len(exclude)))
         return SearchResult(
             hits=hits, filtered_out=0 if allowed is None else self.size - len(allowed), provenance=self.provenance,
             took_ms=round((time.perf_counter() - start) * 1000, 3),
-            ef_estimate=self._ef_estimate(vector, allowed, query_id), query=query,
+            ef_estimate=self._ef_estimate(vector, allowed, left_out, wide), query=query,
         )
 
     def _query_record(self, query: dict, k: int, returned: int, where: str | None, same_patient: bool,
@@ -459,28 +466,47 @@ class Searcher:
                              f"{' besides the query' if excluded else ''}; returned them all")
         return query
 
-    def _ef_estimate(self, vector: np.ndarray, allowed: np.ndarray | None, query_id: str | None) -> dict | None:
-        """Mean and SD of the EF of the EF_ESTIMATE_K nearest videos, the query's own video and (when known) its
-        patient's videos left out, so a stored query never votes for itself; None without labels."""
-        if self.target != "videos":
+    def _estimate_left_out(self, query_id: str | None) -> tuple[np.ndarray, str] | None:
+        """(rows the label estimate leaves out, what they are), or None when there is no estimate to make
+        (not videos, or no video has an EF label: known once, not per query)."""
+        if not self._ef_labelled:
             return None
         own = self._row_of_id.get(query_id) if query_id is not None else None
-        left_out, exclude = "nothing (the query is not a stored video)", NO_ROWS
-        if own is not None:
-            patient = self.meta[int(self._positions(np.array([own]))[0])][0]
-            if patient is not None:
-                exclude = self._rows_by_patient[patient]
-                left_out = "the query's video and its patient's other videos"
-            else:
-                exclude, left_out = np.array([own], dtype=np.int64), "the query's video"
-        _, rows = self._neighbours(vector, EF_ESTIMATE_K, allowed, exclude)
+        if own is None:
+            return NO_ROWS, "nothing (the query is not a stored video)"
+        patient = self.meta[int(self._positions(np.array([own]))[0])][0]
+        if patient is not None:
+            return self._rows_by_patient[patient], "the query's video and its patient's other videos"
+        return np.array([own], dtype=np.int64), "the query's video"
+
+    @cached_property
+    def _ef_labelled(self) -> bool:
+        """True when this is the videos set and at least one of its videos has an EF label."""
+        if self.target != "videos":
+            return False
+        ef = self.columns.index("ef")
+        return any(m[ef] is not None for m in self.meta)
+
+    def _ef_estimate(self, vector: np.ndarray, allowed: np.ndarray | None, left_out: tuple[np.ndarray, str] | None,
+                     neighbours: np.ndarray | None = None) -> dict | None:
+        """Mean and SD of the EF of the EF_ESTIMATE_K nearest videos, the query's own video and (when known) its
+        patient's videos left out (`left_out`), so a stored query never votes for itself; None without labels.
+
+        `neighbours`: rows of a search already made (best first, wide enough), else one is made here."""
+        if left_out is None:
+            return None
+        exclude, left = left_out
+        if neighbours is None:
+            _, rows = self._neighbours(vector, EF_ESTIMATE_K, allowed, exclude)
+        else:
+            rows = neighbours[_kept(neighbours, exclude)][:EF_ESTIMATE_K]
         ef = self.columns.index("ef")
         values = [float(v) for p in self._positions(rows).tolist() if (v := self.meta[p][ef]) is not None]
         if not values:
             return None
         mean = sum(values) / len(values)
         std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-        return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values), "k": EF_ESTIMATE_K, "left_out": left_out}
+        return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values), "k": EF_ESTIMATE_K, "left_out": left}
 
     @cached_property
     def _rows_by_patient(self) -> dict[str, np.ndarray]:
@@ -510,7 +536,7 @@ class Searcher:
         if allowed is None:
             scores, rows = self._faiss(vector, min(n + len(exclude), self.size))
             if len(exclude):
-                keep = ~np.isin(rows, exclude) if len(exclude) > 64 else (rows[:, None] != exclude).all(axis=1)  # isin: ~40 us
+                keep = _kept(rows, exclude)
                 scores, rows = scores[keep], rows[keep]
             return scores[:n], rows[:n]
         allowed = np.setdiff1d(allowed, exclude, assume_unique=True)
@@ -598,6 +624,13 @@ def _provenance(info: dict, sidecar: dict) -> dict:
         "index": {**{k: sidecar.get(k) for k in ("factory", "n", "recall_at_10", "search_params", "fingerprint", "created")},
                   "centred": sidecar.get("centre") is not None},
     }
+
+
+def _kept(rows: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """Mask of the rows not in `exclude` (a comparison for a few, isin for many: isin costs ~40 us)."""
+    if not len(exclude):
+        return np.ones(len(rows), dtype=bool)
+    return ~np.isin(rows, exclude) if len(exclude) > 64 else (rows[:, None] != exclude).all(axis=1)
 
 
 def _drop_excluded(scores: np.ndarray, rows: np.ndarray, exclude: np.ndarray | None,
