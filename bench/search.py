@@ -20,6 +20,9 @@ PQ and RaBitQ, the compressed ones re-ranked with the exact vectors), all built 
 40 at all cores. A two-knob index (efSearch or nprobe, and the re-rank k_factor) keeps the pair with
 the least single-thread time. `--libs` picks the rows (hnswlib, usearch, faiss = the candidates).
 Memory = index bytes (file size for faiss and hnswlib, memory_usage for usearch, the matrix for brute force).
+"p50 / raw faiss": each row after the Searcher's is timed interleaved with raw faiss on the Searcher's index,
+block by block, and divided by raw faiss's p50 from the same blocks: the comparison that survives a noisy
+machine (absolute p50s of rows timed minutes apart do not).
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ class Row:
     batch_qps_all: float = float("nan")
     index_mb: float = float("nan")
     build_s: float = float("nan")
+    vs_raw: float = float("nan")  # p50 / raw faiss's p50 in the same interleaved blocks
     note: str = ""
     latencies: list[float] = field(default_factory=list, repr=False)
 
@@ -141,6 +145,15 @@ def single(methods: list[tuple[Row, Callable[[np.ndarray], np.ndarray]]], querie
             row.note = f"single: {len(ms)} queries (time budget)"
 
 
+def single_beside(row: Row, search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, truth: np.ndarray,
+                  reference: Callable[[np.ndarray], np.ndarray]) -> None:
+    """`single` for one method, interleaved with raw faiss on the Searcher's index (`reference`), so that a
+    noisy moment of the shared machine hits both; row.vs_raw is the ratio of their p50s."""
+    ref = Row("raw faiss")
+    single([(row, search), (ref, reference)], queries, truth)
+    row.vs_raw = row.p50_ms / ref.p50_ms
+
+
 def batch(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, threads: int) -> float:
     """Queries per second for one batched call at `threads` threads."""
     with pinned(threads):
@@ -202,6 +215,7 @@ def run_size(n: int, n_queries: int, dim: int, workdir: Path, cores: int, libs: 
         raw = Row("raw faiss (same index)", index_mb=lib.index_mb, build_s=lib.build_s, note=lib.note)
         single([(lib, lambda q: np.array([int(h.id[1:]) for h in searcher.search_vector(q, k=K).hits])),
                 (raw, lambda q: index.search(q[None], K)[1][0])], queries, truth)
+        lib.vs_raw, raw.vs_raw = lib.p50_ms / raw.p50_ms, 1.0
         rows += [lib, raw]
         log(f"[{n}] searcher p50 {lib.p50_ms:.3f} ms, raw faiss p50 {raw.p50_ms:.3f} ms")
 
@@ -224,19 +238,21 @@ def run_size(n: int, n_queries: int, dim: int, workdir: Path, cores: int, libs: 
     # (e) hnswlib, usearch and the candidate faiss indexes, each at the smallest setting whose recall@10 on
     # the fresh queries reaches TARGET (0.99 when the Searcher is exact: 1.0 is no ANN setting)
     target = 0.99 if lib.recall >= 0.999 else TARGET
+    reference = lambda q: index.search(q[None], K)[1][0]  # noqa: E731  (raw faiss, interleaved with each row below)
     if "hnswlib" in libs:
-        rows.append(lib_hnswlib(data, queries, truth, target, cores, workdir))
+        rows.append(lib_hnswlib(data, queries, truth, target, cores, workdir, reference))
     if "usearch" in libs:
-        rows += [lib_usearch(data, queries, truth, target, cores, dtype, rerank)
+        rows += [lib_usearch(data, queries, truth, target, cores, reference, dtype, rerank)
                  for dtype, rerank in (("f32", 1), ("i8", 1), ("i8", 4))]
     if n >= FLAT_MAX and "faiss" in libs:  # below FLAT_MAX the automatic choice is exact search: nothing to choose
-        rows += [candidate(factory, data, queries, truth, target, cores) for factory in candidates(n, dim)]
+        rows += [candidate(factory, data, queries, truth, target, cores, reference) for factory in candidates(n, dim)]
     store.close()
     shutil.rmtree(path, ignore_errors=True)
     return rows, side
 
 
-def lib_hnswlib(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, target: float, cores: int, workdir: Path) -> Row:
+def lib_hnswlib(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, target: float, cores: int, workdir: Path,
+                reference: Callable[[np.ndarray], np.ndarray]) -> Row:
     try:
         import hnswlib
     except ImportError:
@@ -254,7 +270,7 @@ def lib_hnswlib(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, target
 
     ef, _ = tune_ef(search_with, queries, truth, target)
     index.set_ef(ef)
-    single([(row, lambda q: index.knn_query(q[None], k=K, num_threads=1)[0][0])], queries, truth)
+    single_beside(row, lambda q: index.knn_query(q[None], k=K, num_threads=1)[0][0], queries, truth, reference)
     row.batch_qps_1 = batch(lambda Q: index.knn_query(Q, k=K, num_threads=1)[0], queries, 1)
     row.batch_qps_all = batch(lambda Q: index.knn_query(Q, k=K, num_threads=cores)[0], queries, cores)
     file = workdir / "hnswlib.bin"
@@ -265,7 +281,7 @@ def lib_hnswlib(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, target
 
 
 def lib_usearch(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, target: float, cores: int,
-                dtype: str = "f32", rerank: int = 1) -> Row:
+                reference: Callable[[np.ndarray], np.ndarray], dtype: str = "f32", rerank: int = 1) -> Row:
     """usearch HNSW with vectors stored as `dtype` (f32, or i8: a quarter of the memory traffic); with
     rerank > 1, its K x rerank best keys are re-scored exactly against the float32 rows (which then count
     in the memory), as faiss's RFlat does."""
@@ -298,7 +314,7 @@ def lib_usearch(data: np.ndarray, queries: np.ndarray, truth: np.ndarray, target
 
     ef, _ = tune_ef(search_with, queries, truth, target)
     index.expansion_search = ef
-    single([(row, lambda q: find(q, 1)[0])], queries, truth)
+    single_beside(row, lambda q: find(q, 1)[0], queries, truth, reference)
     row.batch_qps_1 = batch(lambda Q: find(Q, 1), queries, 1)
     row.batch_qps_all = batch(lambda Q: find(Q, cores), queries, cores)
     row.index_mb = (index.memory_usage + (data.nbytes if rerank > 1 else 0)) / 1e6
@@ -360,7 +376,8 @@ def fastest_setting(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, 
     return best[1], best[2]
 
 
-def candidate(factory: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, target: float, cores: int) -> Row:
+def candidate(factory: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, target: float, cores: int,
+              reference: Callable[[np.ndarray], np.ndarray]) -> Row:
     """Build `factory` over the data (all cores), tune it on the fresh queries, time single queries at one thread."""
     try:
         index = faiss.index_factory(data.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
@@ -381,7 +398,7 @@ def candidate(factory: str, data: np.ndarray, queries: np.ndarray, truth: np.nda
     row = Row(f"faiss {factory}", build_s=time.perf_counter() - t, index_mb=faiss.serialize_index(index).nbytes / 1e6)
     log(f"[{len(data)}] {factory} built in {row.build_s:.1f} s, {row.index_mb:.0f} MB")
     label, params = fastest_setting(index, queries, truth, target, cores)
-    single([(row, lambda q: index.search(q[None], K, params=params)[1][0])], queries, truth)
+    single_beside(row, lambda q: index.search(q[None], K, params=params)[1][0], queries, truth, reference)
     row.batch_qps_1 = batch(lambda Q: index.search(Q, K, params=params)[1], queries, 1)
     row.batch_qps_all = batch(lambda Q: index.search(Q, K, params=params)[1], queries, cores)
     row.note = label
@@ -410,10 +427,12 @@ def table(n: int, dim: int, rows: list[Row], side: dict, cores: int, centres: in
     brute = next(r for r in rows if r.method.startswith("numpy"))
     lines = [f"### {n:,} x {dim} ({centres:,} centres), {len(lib.latencies)} queries, k={K}",
              "",
-             f"| method | recall@10 | single q/s (1 thr) | p50 ms | p99 ms | batch q/s (1 thr) | batch q/s ({cores} thr) | index MB | build s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| method | recall@10 | single q/s (1 thr) | p50 ms | p99 ms | p50 / raw faiss | batch q/s (1 thr) | "
+             f"batch q/s ({cores} thr) | index MB | build s | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.method} | {fmt(r.recall, 3)} | {fmt(r.single_qps, 0)} | {fmt(r.p50_ms, 3)} | {fmt(r.p99_ms, 3)} | "
+                     f"{fmt(r.vs_raw, 2)} | "
                      f"{fmt(r.batch_qps_1, 0)} | {fmt(r.batch_qps_all, 0)} | {fmt(r.index_mb, 0)} | {fmt(r.build_s, 1)} | {r.note} |")
     paired = float(np.median(np.array(lib.latencies) / np.array(raw.latencies)))
     lines += ["",

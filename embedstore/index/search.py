@@ -22,7 +22,8 @@ from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.devices import faiss_gpus
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index import exact
-from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters, sidecar_centre
+from embedstore.index.build import (build_command, holds_close_vectors, holds_exact_vectors, load_index,
+                                    search_parameters, sidecar_centre)
 from embedstore.index.centring import centre
 from embedstore.store import Store, normalise
 from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
@@ -162,6 +163,7 @@ class Searcher:
         self.size = int(self.index.ntotal)
         self._dense = self.size == 0 or int(self.rows[-1] - self.rows[0]) == self.size - 1  # rows first..last, no gaps
         self.exact_storage = holds_exact_vectors(self.index)
+        self._close_storage = holds_close_vectors(self.index)  # fp16 copies score a filter's rows well enough
         self._plain_params: dict[int, faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
@@ -343,8 +345,8 @@ class Searcher:
         return self.store.vectors.read_rows(self.encoder, self.target, rows)
 
     def _indexed_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of rows as the index compares them (centred when the index is)."""
-        if self.exact_storage:
+        """Vectors of rows as the index compares them (centred when the index is; fp16-rounded when it is)."""
+        if self._close_storage:
             return self.index.reconstruct_batch(rows)
         vectors = self.store.vectors.read_rows(self.encoder, self.target, rows)
         return vectors if self.centre is None else centre(vectors, self.centre)
@@ -437,15 +439,15 @@ class Searcher:
         if restrict is not None:  # rows a query kind itself limits to (a study's section)
             allowed = restrict if allowed is None else np.intersect1d(allowed, restrict)
         left_out = self._estimate_left_out(query_id)
+        n_wide = None if left_out is None else max(k + len(exclude), EF_ESTIMATE_K + len(left_out[0]))
         wide = None
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
-        elif left_out is None:
+        elif n_wide is None or not self._same_beam(n_wide):
             scores, rows = self._neighbours(vector, k, allowed, exclude)
             counts = None
         else:  # one search serves the hits and the label estimate: enough rows for both after their exclusions
-            wide_scores, wide = self._neighbours(vector, max(k + len(exclude), EF_ESTIMATE_K + len(left_out[0])),
-                                                 allowed, NO_ROWS)
+            wide_scores, wide = self._neighbours(vector, n_wide, allowed, NO_ROWS)
             keep = _kept(wide, exclude)
             scores, rows, counts = wide_scores[keep][:k], wide[keep][:k], None
         hits = self._hits(scores, rows, counts)
@@ -465,6 +467,14 @@ class Searcher:
             query["note"] = (f"k={k} but only {returned} {what}{' pass the filter' if where else ''} exist"
                              f"{' besides the query' if excluded else ''}; returned them all")
         return query
+
+    def _same_beam(self, n: int) -> bool:
+        """True when asking the index for n neighbours finds the same first ones as asking for fewer, so one
+        search can serve the hits and the label estimate: exact search, IVF (k does not change the lists
+        probed), HNSW whose efSearch is already >= n. Otherwise the hits come from a search of their own
+        (the same as search_many's) and the estimate from another."""
+        params = self.sidecar["search_params"]
+        return "k_factor" not in params and int(params.get("efSearch", n)) >= n
 
     def _estimate_left_out(self, query_id: str | None) -> tuple[np.ndarray, str] | None:
         """(rows the label estimate leaves out, what they are), or None when there is no estimate to make
