@@ -6,7 +6,7 @@
 Data: embedding-like unit vectors (bench/vectors.py: 2,000 centres in a 48-d latent space mapped into
 512-d); queries are fresh draws from the same mixture. Ground truth: exact inner product (faiss
 IndexFlatIP). The store is written in bulk (see `bulk_store`), indexed by `build_index` with its
-automatic choice (Flat below 50k, HNSW32 with efConstruction 40 above), and searched through
+automatic choice (Flat below 50k, HNSW32 over fp16 vectors with efConstruction 40 above), and searched through
 `Searcher.search_vector`; "raw faiss" calls `index.search` on the very same index object.
 
 Single queries (latency p50/p99, q/s) run with ONE thread pinned everywhere (faiss, torch, BLAS via
