@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.vectors import LatentMixture  # noqa: E402
 from embedstore.index import Searcher, build_index  # noqa: E402
-from embedstore.index.build import FLAT_MAX  # noqa: E402
+from embedstore.index.factory import FLAT_MAX  # noqa: E402
 from embedstore.store import Store, open_store  # noqa: E402
 
 K = 10

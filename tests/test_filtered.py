@@ -18,7 +18,7 @@ from bench.search import ENCODER, bulk_store
 from bench.vectors import LatentMixture
 from embedstore.index import Searcher, build_index
 from embedstore.index import search as search_module
-from embedstore.index.build import FLAT_MAX
+from embedstore.index.factory import FLAT_MAX
 from embedstore.store import open_store
 
 N, DIM, K, QUERIES = 50_000, 64, 10, 100

@@ -9,8 +9,10 @@ import pytest
 
 from bench.vectors import LatentMixture
 from embedstore.errors import BadInput, NotFound
-from embedstore.index import Searcher, build, build_index, load_index
-from embedstore.index.build import choose_factory, exact_neighbours, index_paths, recall_at
+from embedstore.index import Searcher, build_index, factory, load_index, tuning
+from embedstore.index.factory import choose_factory
+from embedstore.index.files import index_paths
+from embedstore.index.tuning import exact_neighbours, recall_at
 from embedstore.store import open_store
 
 DIM = 32
@@ -128,13 +130,13 @@ def test_tuning_picks_the_smallest_setting_that_reaches_the_target_on_held_out_v
     with store:
         side = build_index(store, "toy", factory="HNSW4", progress=False, recall_target=0.99)
         curve = side["curve"]
-        assert [p["efSearch"] for p in curve] == list(build.EF_SEARCH[: len(curve)])
+        assert [p["efSearch"] for p in curve] == list(tuning.EF_SEARCH[: len(curve)])
         first = next(i for i, p in enumerate(curve) if p["recall_at_10"] >= 0.99)
         assert first > 0 and side["search_params"] == {"efSearch": curve[first]["efSearch"]}
         assert all(p["recall_at_10"] < 0.99 for p in curve[:first])
         index, _ = load_index(store, "toy")
         rows = np.array([r for _, r in store.catalog.embedding_map("toy", "videos")])
-        sample = np.sort(np.random.default_rng(build.SEED).choice(rows, size=1000, replace=False))
+        sample = np.sort(np.random.default_rng(tuning.SEED).choice(rows, size=1000, replace=False))
         queries = store.vectors.read_rows("toy", "videos", sample)
         everything = store.vectors.read_rows("toy", "videos", np.sort(rows))
         scores = queries @ everything.T
@@ -172,11 +174,11 @@ def test_automatic_hnsw_over_fp16_serves_tuning_retuning_batches_filters_and_app
 
     store, ids, vectors = make_store(tmp_path / "s", 3000)
     with store:
-        side = build_index(store, "toy", factory=build.HNSW_FACTORY, progress=False)
+        side = build_index(store, "toy", factory=factory.HNSW_FACTORY, progress=False)
         assert side["factory"] == "HNSW32_SQfp16" and "efSearch" in side["search_params"] and side["curve"]
         assert side["recall_at_10"] >= 0.95, side
         index_file = index_paths(store, "toy")[0].stat()
-        retuned = build_index(store, "toy", factory=build.HNSW_FACTORY, progress=False, recall_target=0.99)
+        retuned = build_index(store, "toy", factory=factory.HNSW_FACTORY, progress=False, recall_target=0.99)
         assert retuned["retuned"] and index_paths(store, "toy")[0].stat().st_mtime_ns == index_file.st_mtime_ns
         searcher = Searcher(store, "toy")
         rows = np.array([r for _, r in store.catalog.embedding_map("toy", "videos")])

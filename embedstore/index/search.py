@@ -22,8 +22,9 @@ from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.devices import faiss_gpus
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index import exact
-from embedstore.index.build import (build_command, holds_close_vectors, holds_exact_vectors, load_index,
-                                    search_parameters, sidecar_centre)
+from embedstore.index.build import load_index, sidecar_centre
+from embedstore.index.factory import holds_close_vectors, holds_exact_vectors, search_parameters
+from embedstore.index.files import build_command
 from embedstore.index.centring import centre
 from embedstore.store import Store, normalise
 from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
