@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.vectors import LatentMixture  # noqa: E402
 from embedstore.index import Searcher, build_index  # noqa: E402
-from embedstore.index.factory import FLAT_MAX  # noqa: E402
+from embedstore.index.factory import FLAT_MAX, search_parameters  # noqa: E402
 from embedstore.store import Store, open_store  # noqa: E402
 
 K = 10
@@ -209,12 +209,10 @@ def run_size(n: int, n_queries: int, dim: int, workdir: Path, cores: int, libs: 
         # (a) the library, (b) raw faiss on the same index object
         lib = Row("embedstore Searcher", index_mb=side["index_bytes"] / 1e6, build_s=side["build_seconds"],
                   note=f"{side['factory']} {side['search_params'] or ''}".strip())
-        index = searcher.index
-        if "efSearch" in side["search_params"]:
-            faiss.ParameterSpace().set_index_parameter(index, "efSearch", side["search_params"]["efSearch"])
+        index, params = searcher.index, search_parameters(side["search_params"], K)  # the sidecar's setting
         raw = Row("raw faiss (same index)", index_mb=lib.index_mb, build_s=lib.build_s, note=lib.note)
         single([(lib, lambda q: np.array([int(h.id[1:]) for h in searcher.search_vector(q, k=K).hits])),
-                (raw, lambda q: index.search(q[None], K)[1][0])], queries, truth)
+                (raw, lambda q: index.search(q[None], K, params=params)[1][0])], queries, truth)
         lib.vs_raw, raw.vs_raw = lib.p50_ms / raw.p50_ms, 1.0
         rows += [lib, raw]
         log(f"[{n}] searcher p50 {lib.p50_ms:.3f} ms, raw faiss p50 {raw.p50_ms:.3f} ms")
@@ -229,7 +227,7 @@ def run_size(n: int, n_queries: int, dim: int, workdir: Path, cores: int, libs: 
         log(f"[{n}] numpy p50 {brute.p50_ms:.2f} ms, torch p50 {tch.p50_ms:.2f} ms")
 
     brute_q = queries[: min(len(queries), 4 * BRUTE_BATCH)]
-    for row, fn in ((raw, lambda Q: index.search(Q, K)[1]),
+    for row, fn in ((raw, lambda Q: index.search(Q, K, params=params)[1]),
                     (brute, lambda Q: chunked(lambda c: top_k_rows(c @ data.T), Q)),
                     (tch, lambda Q: chunked(lambda c: torch.topk(torch.from_numpy(c) @ tdata.T, K, dim=1).indices.numpy(), Q))):
         qs = queries if row is raw else brute_q
@@ -238,7 +236,7 @@ def run_size(n: int, n_queries: int, dim: int, workdir: Path, cores: int, libs: 
     # (e) hnswlib, usearch and the candidate faiss indexes, each at the smallest setting whose recall@10 on
     # the fresh queries reaches TARGET (0.99 when the Searcher is exact: 1.0 is no ANN setting)
     target = 0.99 if lib.recall >= 0.999 else TARGET
-    reference = lambda q: index.search(q[None], K)[1][0]  # noqa: E731  (raw faiss, interleaved with each row below)
+    reference = lambda q: index.search(q[None], K, params=params)[1][0]  # noqa: E731  (raw faiss, interleaved with each row below)
     if "hnswlib" in libs:
         rows.append(lib_hnswlib(data, queries, truth, target, cores, workdir, reference))
     if "usearch" in libs:

@@ -26,7 +26,7 @@ from embedstore.index import large, tuning
 from embedstore.index.centring import centred, vector_mean
 from embedstore.index.factory import METRIC, available_memory, choose_factory, is_large, new_index, reranked, train_index
 from embedstore.index.files import build_command, index_paths, now, read_index, save_index, write_json_atomic
-from embedstore.index.tuning import RECALL_TARGET, setting_for, tune
+from embedstore.index.tuning import RECALL_TARGET, held_out_sample, setting_for, tune, tuning_knob
 from embedstore.progress import bar
 from embedstore.store import Store
 from embedstore.store.store import TARGETS
@@ -65,13 +65,20 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
     mean = _set_mean(store, encoder, target) if center else None
     index = new_index(chosen, dim)
     _train(index, store, encoder, target, rows, mean)
+    # the rows tuning searches for join the index after tuning, so that they are searched as fresh queries
+    held_out = held_out_sample(rows) if tuning_knob(index) is not None and len(rows) > 1 else rows[:0]
     with bar(total=len(rows), desc=f"index {encoder}.{target}", unit="vec", enabled=progress) as pbar:
         position = 0
         for _, vectors in store.iter_vectors(encoder, target, batch_size=tuning.BATCH):
-            index.add_with_ids(centred(vectors, mean), rows[position : position + len(vectors)])
+            batch_rows = rows[position : position + len(vectors)]
+            keep = ~np.isin(batch_rows, held_out)
+            index.add_with_ids(centred(vectors[keep], mean), batch_rows[keep])
             position += len(vectors)
             pbar.update(len(vectors))
-    params, recall, n_queries, curve = tune(index, store, encoder, target, rows, recall_target, mean)
+    params, recall, n_queries, curve = tune(index, store, encoder, target, rows, recall_target, mean,
+                                            held_out if len(held_out) else None)
+    if len(held_out):
+        index.add_with_ids(centred(store.vectors.read_rows(encoder, target, held_out), mean), held_out)
     sidecar = {
         "encoder": encoder, "target": target, "factory": chosen, "factory_given": bool(factory), "choice": reason,
         "n": int(index.ntotal), "dim": dim, "metric": METRIC, "fingerprint": fingerprint,

@@ -38,7 +38,6 @@ from embedstore.progress import bar
 from embedstore.store import Store
 
 
-
 # -- building ---------------------------------------------------------------------------------------
 def build_large(store: Store, encoder: str, target: str, factory: str, reason: str, rows: np.ndarray,
                 factory_given: bool, available: int | None, recall: float, progress: bool) -> dict:
