@@ -23,7 +23,7 @@ from embedstore.devices import faiss_gpus
 from embedstore.errors import BadInput, Conflict, NotFound
 from embedstore.index import exact
 from embedstore.index.build import load_index, sidecar_centre
-from embedstore.index.factory import holds_close_vectors, holds_exact_vectors, search_parameters
+from embedstore.index.factory import flat_storage, holds_exact_vectors, search_parameters
 from embedstore.index.files import build_command
 from embedstore.index.centring import centre
 from embedstore.store import Store, normalise
@@ -164,7 +164,6 @@ class Searcher:
         self.size = int(self.index.ntotal)
         self._dense = self.size == 0 or int(self.rows[-1] - self.rows[0]) == self.size - 1  # rows first..last, no gaps
         self.exact_storage = holds_exact_vectors(self.index)
-        self._close_storage = holds_close_vectors(self.index)  # fp16 copies score a filter's rows well enough
         self._plain_params: dict[int, faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
@@ -345,10 +344,30 @@ class Searcher:
             return self.index.reconstruct_batch(rows)
         return self.store.vectors.read_rows(self.encoder, self.target, rows)
 
+    @cached_property
+    def _storage(self) -> tuple[np.ndarray, np.ndarray, faiss.Index] | None:
+        """(id at each position, position of each row, the flat index of the vectors) when the index keeps its
+        vectors flat, exactly or as fp16 copies (factory.flat_storage; fp16 cosines are within ~1e-4)."""
+        found = flat_storage(self.index)
+        if found is None:
+            return None
+        ids, storage = found
+        position = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+        position[ids] = np.arange(len(ids))
+        return ids, position, storage
+
+    def _subset_scan(self, queries: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, n] exact (scores, rows) among `rows`: the flat vectors searched with a bitmap of their positions."""
+        ids, position, storage = self._storage
+        mask = np.zeros(storage.ntotal, dtype=bool)
+        mask[position[rows]] = True
+        bitmap = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        scores, found = storage.search(queries, n, params=faiss.SearchParameters(sel=selector))
+        return scores, np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+
     def _indexed_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of rows as the index compares them (centred when the index is; fp16-rounded when it is)."""
-        if self._close_storage:
-            return self.index.reconstruct_batch(rows)
+        """Vectors of rows as the index compares them (centred when the index is), from the vector file."""
         vectors = self.store.vectors.read_rows(self.encoder, self.target, rows)
         return vectors if self.centre is None else centre(vectors, self.centre)
 
@@ -408,6 +427,8 @@ class Searcher:
     def _exact_many(self, queries: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if self._storage is not None:
+            return self._subset_scan(queries, rows, n)
         scores = queries @ self._indexed_vectors(rows).T
         top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else np.tile(np.arange(n), (len(queries), 1))
         top_scores = np.take_along_axis(scores, top, axis=1)
@@ -586,6 +607,9 @@ class Searcher:
     def _exact(self, vector: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n == 0:
             return np.zeros(0, np.float32), NO_ROWS
+        if self._storage is not None:
+            scores, found = self._subset_scan(vector, rows, n)
+            return scores[0], found[0]
         scores = self._indexed_vectors(rows) @ vector[0]
         top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]
