@@ -79,18 +79,22 @@ def ivf_pq_factory(n: int, dim: int) -> str:
 def choose_factory(n: int, dim: int, available: int | None) -> tuple[str, str]:
     """(FAISS factory string, the reason) for n vectors of dimension dim.
 
-    Above FLAT_MAX, while it fits: HNSW32 over fp16 copies of the vectors (HNSW_FACTORY). Measured with
-    bench/search.py (512-d embedding-like vectors, fresh queries, one thread, each index at the smallest
-    setting reaching recall@10 0.95; 2 shared cores at load 5-7, 2026-11-29), p50 ms / index MB / build s:
-      100k, 200 centres:  HNSW32-Flat 0.143 / 232 / 29  HNSW32_SQfp16 0.098 / 130 / 33  hnswlib 0.168 / 232 / 30
-                          HNSW32_SQ8,RFlat 0.137 / 283 / 30  IVF1024,PQ64x4fs,RFlat 0.177 / 211 / 26
-                          IVF1024,RaBitQ,RFlat 0.075 / 215 / 19
-      200k, 400 centres:  see docs/scaling.md
-    fp16 keeps HNSW-Flat's recall at the same efSearch (its rounding, ~2e-5 on a cosine, is far below
-    the gaps between neighbours) while each distance reads half the bytes; it halves the memory and
-    builds as fast as hnswlib. IVF-RaBitQ + re-rank was faster at 100k but its coarse quantizer scans
-    4 sqrt(n) centroids per query (8 MB at 1M x 512), it needs dense rows, memory-mapping and no
-    centring (index/large.py), so it is not the in-RAM choice.
+    Above FLAT_MAX, while it fits: HNSW32 over fp16 copies of the vectors (HNSW_FACTORY), decided from
+    bench/search.py (512-d embedding-like vectors, 500 fresh queries, one thread, each index at the
+    smallest setting reaching recall@10 0.95 on them; 2 shared cores, 2026-11-29). p50 as a multiple of
+    raw faiss's p50 on the automatic index in the same interleaved blocks / index MB / build s:
+      100k, 200 centres (load ~1.5):  HNSW32_SQfp16 0.88 / 130 / 6.2   HNSW32 (Flat) 1.17 / 232 / 8.0
+        hnswlib M32 1.30 / 232 / 5.5   usearch f32 2.75 / 320 / 9.4   usearch i8 + re-rank 2.52 / 323 / 5.0
+        HNSW32_SQ8,RFlat 0.97 / 283 / 6.1   IVF1024,PQ64x4fs,RFlat 1.18 / 211 / 4.8
+        IVF1024,RaBitQ,RFlat 0.70 / 215 / 5.4   IVF1024,RaBitQfs,RFlat 0.71 / 216 / 5.1
+      200k, 400 centres (load ~6):    HNSW32_SQfp16 1.12 / 259 / 22.5   HNSW32 1.44 / 464 / 22.5
+        hnswlib 1.36 / 465 / 22.6   HNSW32_SQ8,RFlat 1.01 / 566 / 19.0   IVF2048,RaBitQfs,RFlat 0.97 / 432 / 20.6
+    (usearch i8 alone never reached 0.95: 0.91 at expansion_search 512.) fp16 keeps HNSW-Flat's recall
+    at the same efSearch (its rounding, ~2e-5 on a cosine, is far below the gaps between neighbours),
+    reads half the bytes per distance, halves the memory and builds as fast as hnswlib: 1.2-1.5x
+    hnswlib's single-query speed. IVF-RaBitQ + re-rank was faster still (1.26x at 100k, 1.15x at 200k:
+    its lead shrinks as its coarse quantizer scans 4 sqrt(n) centroids, 8 MB a query at 1M x 512), but
+    it needs dense rows, memory-mapping and no centring (index/large.py), so it is not the in-RAM choice.
     """
     if n < FLAT_MAX:
         return "Flat", f"{n} < {FLAT_MAX} vectors: exact search"
