@@ -9,7 +9,7 @@ import pytest
 
 from bench.vectors import LatentMixture
 from embedstore.errors import BadInput, NotFound
-from embedstore.index import Searcher, build_index, factory, load_index, tuning
+from embedstore.index import Searcher, build, build_index, factory, load_index, tuning
 from embedstore.index.factory import choose_factory
 from embedstore.index.files import index_paths
 from embedstore.index.tuning import exact_neighbours, recall_at
@@ -201,3 +201,24 @@ def test_automatic_hnsw_over_fp16_serves_tuning_retuning_batches_filters_and_app
         assert appended["incremental_adds"] == 5 and index.ntotal == 3005 and appended["factory"] == "HNSW32_SQfp16"
         hit = Searcher(store, "toy").search_vector(new[3], k=1).hits[0]
         assert hit.id == "new3" and hit.score == pytest.approx(1.0, abs=1e-3)  # fp16 rounding: ~1e-4
+
+
+def test_tuning_searches_vectors_the_index_does_not_hold_yet(tmp_path, monkeypatch):
+    """The tuning queries are fresh to the index (a graph that holds a query links it to its neighbours, so
+    stored vectors overstate recall): tune runs on all rows but its queries, which join the index after."""
+    seen = {}
+    real_tune = build.tune
+
+    def spy(index, store, encoder, target, rows, recall_target, mean, held_out):
+        seen["ntotal"], seen["held_out"] = index.ntotal, held_out
+        return real_tune(index, store, encoder, target, rows, recall_target, mean, held_out)
+
+    monkeypatch.setattr(build, "tune", spy)
+    store, _, vectors = make_store(tmp_path / "s", 3000)
+    with store:
+        side = build_index(store, "toy", factory="HNSW8", progress=False)
+        index, _ = load_index(store, "toy")
+    assert len(seen["held_out"]) == 300 and seen["ntotal"] == 3000 - 300 and side["recall_queries"] == 300
+    assert index.ntotal == side["n"] == 3000
+    held = seen["held_out"]
+    np.testing.assert_array_equal(index.search(vectors[held], 1)[1][:, 0], held)  # they are in the index now
