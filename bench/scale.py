@@ -5,7 +5,7 @@
 
 Data: embedding-like unit vectors (bench/vectors.py), generated chunk by chunk into a memory-mapped
 .npy and written to a store by bench.search.bulk_store; 1,000 fresh queries from the same mixture;
-ground truth = exact inner product over the store (streamed, build.exact_neighbours).
+ground truth = exact inner product over the store (streamed, tuning.exact_neighbours).
 
 The automatic choice runs under an in-RAM limit ($EMBEDSTORE_INDEX_MEMORY = --memory): HNSW32 at
 2M x 512 needs ~4.8 GB, more than half of 8 GiB, so `build_index` picks IVF{K},PQ{m},RFlat. HNSW32
@@ -61,7 +61,7 @@ def make_data(workdir: Path, n: int, dim: int, n_queries: int) -> dict:
 
 
 def exact_truth(workdir: Path) -> dict:
-    from embedstore.index.build import exact_neighbours
+    from embedstore.index.tuning import exact_neighbours
     from embedstore.store import open_store
 
     queries = np.load(workdir / "queries.npy")
@@ -83,7 +83,9 @@ def build(workdir: Path, memory: str, factory: str | None) -> dict:
 
 def measure(workdir: Path, memory: str, variant: str, cores: int) -> dict:
     """Load the index as the service does and measure recall, latency and throughput."""
-    from embedstore.index.build import index_paths, load_index, search_parameters
+    from embedstore.index.build import load_index
+    from embedstore.index.factory import search_parameters
+    from embedstore.index.files import index_paths
     from embedstore.store import open_store
 
     os.environ["EMBEDSTORE_INDEX_MEMORY"] = memory
@@ -169,7 +171,7 @@ def _with_peak(fn, *args) -> dict:
 
 
 def available_gb() -> float:
-    from embedstore.index.build import available_memory
+    from embedstore.index.factory import available_memory
 
     os.environ.pop("EMBEDSTORE_INDEX_MEMORY", None)
     return (available_memory() or 0) / 1e9

@@ -9,8 +9,10 @@ import pytest
 
 from bench.vectors import LatentMixture
 from embedstore.errors import BadInput, NotFound
-from embedstore.index import Searcher, build, build_index, load_index
-from embedstore.index.build import choose_factory, exact_neighbours, index_paths, recall_at
+from embedstore.index import Searcher, build, build_index, factory, load_index, tuning
+from embedstore.index.factory import choose_factory
+from embedstore.index.files import index_paths
+from embedstore.index.tuning import exact_neighbours, recall_at
 from embedstore.store import open_store
 
 DIM = 32
@@ -39,7 +41,7 @@ def small(tmp_path):
 
 def test_size_rule_flat_then_hnsw_then_ivf_pq():
     assert choose_factory(10_030, 512, 16 * 2**30)[0] == "Flat"
-    assert choose_factory(1_000_000, 512, 16 * 2**30)[0] == "HNSW32"
+    assert choose_factory(1_000_000, 512, 16 * 2**30)[0] == "HNSW32_SQfp16"
     factory, why = choose_factory(100_000_000, 512, 16 * 2**30)
     assert factory.startswith("IVF") and factory.endswith(",PQ64"), factory
     assert "GB" in why
@@ -128,13 +130,13 @@ def test_tuning_picks_the_smallest_setting_that_reaches_the_target_on_held_out_v
     with store:
         side = build_index(store, "toy", factory="HNSW4", progress=False, recall_target=0.99)
         curve = side["curve"]
-        assert [p["efSearch"] for p in curve] == list(build.EF_SEARCH[: len(curve)])
+        assert [p["efSearch"] for p in curve] == list(tuning.EF_SEARCH[: len(curve)])
         first = next(i for i, p in enumerate(curve) if p["recall_at_10"] >= 0.99)
         assert first > 0 and side["search_params"] == {"efSearch": curve[first]["efSearch"]}
         assert all(p["recall_at_10"] < 0.99 for p in curve[:first])
         index, _ = load_index(store, "toy")
         rows = np.array([r for _, r in store.catalog.embedding_map("toy", "videos")])
-        sample = np.sort(np.random.default_rng(build.SEED).choice(rows, size=1000, replace=False))
+        sample = np.sort(np.random.default_rng(tuning.SEED).choice(rows, size=1000, replace=False))
         queries = store.vectors.read_rows("toy", "videos", sample)
         everything = store.vectors.read_rows("toy", "videos", np.sort(rows))
         scores = queries @ everything.T
@@ -164,3 +166,59 @@ def test_index_recall_moves_along_the_curve_without_a_rebuild(tmp_path):
     expected = next(p for p in first["curve"] if p["recall_at_10"] >= 0.99)
     assert side["search_params"] == {"efSearch": expected["efSearch"]} and side["recall_at_10"] == expected["recall_at_10"]
     assert side["search_params"]["efSearch"] > first["search_params"]["efSearch"] and side["retuned"]
+
+
+def test_automatic_hnsw_over_fp16_serves_tuning_retuning_batches_filters_and_appends(tmp_path, monkeypatch):
+    """The automatic in-RAM choice (HNSW over fp16 copies) through every path an index goes through."""
+    from embedstore.index import search as search_module
+
+    store, ids, vectors = make_store(tmp_path / "s", 3000)
+    with store:
+        side = build_index(store, "toy", factory=factory.HNSW_FACTORY, progress=False)
+        assert side["factory"] == "HNSW32_SQfp16" and "efSearch" in side["search_params"] and side["curve"]
+        assert side["recall_at_10"] >= 0.95, side
+        index_file = index_paths(store, "toy")[0].stat()
+        retuned = build_index(store, "toy", factory=factory.HNSW_FACTORY, progress=False, recall_target=0.99)
+        assert retuned["retuned"] and index_paths(store, "toy")[0].stat().st_mtime_ns == index_file.st_mtime_ns
+        searcher = Searcher(store, "toy")
+        rows = np.array([r for _, r in store.catalog.embedding_map("toy", "videos")])
+        queries, _ = SPACE.sample(50, seed=7)
+        loop = [searcher.search_vector(q, k=10).hits for q in queries]
+        found = np.array([[rows[ids.index(h.id)] for h in hits] for hits in loop])
+        assert recall_at(found, exact_neighbours(store, "toy", "videos", rows, queries, 10)) >= 0.95
+        assert [[h.id for h in r.hits] for r in searcher.search_many(queries, k=10)] == [[h.id for h in hits] for hits in loop]
+        test_rows = np.array([i for i in range(3000) if i % 3 == 2])  # split TEST, 1,000 rows
+        truth = test_rows[np.argsort(-(queries @ vectors[test_rows].T), axis=1)[:, :10]]
+        for subset_max in (3000, 0):  # the exact scan (from the fp16 copies), then the index with an id selector
+            monkeypatch.setattr(search_module, "EXACT_SUBSET_MAX", subset_max)
+            hits = [searcher.search_vector(q, k=10, where="split = 'TEST'").hits for q in queries]
+            assert all(len(h) == 10 for h in hits)
+            assert recall_at(np.array([[rows[ids.index(x.id)] for x in h] for h in hits]), truth) >= 0.95
+        new, _ = SPACE.sample(5, seed=99)
+        store.add_videos([{"video_id": f"new{i}", "patient_id": "pnew"} for i in range(5)])
+        store.add_vectors(PROV, [f"new{i}" for i in range(5)], new)
+        index, appended = load_index(store, "toy")
+        assert appended["incremental_adds"] == 5 and index.ntotal == 3005 and appended["factory"] == "HNSW32_SQfp16"
+        hit = Searcher(store, "toy").search_vector(new[3], k=1).hits[0]
+        assert hit.id == "new3" and hit.score == pytest.approx(1.0, abs=1e-3)  # fp16 rounding: ~1e-4
+
+
+def test_tuning_searches_vectors_the_index_does_not_hold_yet(tmp_path, monkeypatch):
+    """The tuning queries are fresh to the index (a graph that holds a query links it to its neighbours, so
+    stored vectors overstate recall): tune runs on all rows but its queries, which join the index after."""
+    seen = {}
+    real_tune = build.tune
+
+    def spy(index, store, encoder, target, rows, recall_target, mean, held_out):
+        seen["ntotal"], seen["held_out"] = index.ntotal, held_out
+        return real_tune(index, store, encoder, target, rows, recall_target, mean, held_out)
+
+    monkeypatch.setattr(build, "tune", spy)
+    store, _, vectors = make_store(tmp_path / "s", 3000)
+    with store:
+        side = build_index(store, "toy", factory="HNSW8", progress=False)
+        index, _ = load_index(store, "toy")
+    assert len(seen["held_out"]) == 300 and seen["ntotal"] == 3000 - 300 and side["recall_queries"] == 300
+    assert index.ntotal == side["n"] == 3000
+    held = seen["held_out"]
+    np.testing.assert_array_equal(index.search(vectors[held], 1)[1][:, 0], held)  # they are in the index now

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 from bench.search import ENCODER, bulk_store
 from bench.vectors import LatentMixture
 from embedstore.cli import app
-from embedstore.index import Searcher, build, load_index
-from embedstore.index.build import index_paths, recall_at
+from embedstore.index import Searcher, factory, load_index, tuning
+from embedstore.index.files import index_paths
+from embedstore.index.tuning import recall_at
 from embedstore.store import Store, open_store
 
 N, DIM, BATCH = 50_000, 64, 8192
@@ -41,7 +42,7 @@ def built(tmp_path_factory) -> tuple[Path, np.ndarray, dict, list[int]]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EMBEDSTORE_INDEX_MEMORY", "16M")
-        mp.setattr(build, "BATCH", BATCH)
+        mp.setattr(tuning, "BATCH", BATCH)
         mp.setattr(Store, "iter_vectors", spy)
         mp.setattr(Store, "all_vectors", lambda *a, **k: pytest.fail("the index must not load all vectors"))
         result = CliRunner().invoke(app, ["index", "--store", str(path), "--encoder", ENCODER, "--recall", "0.95",
@@ -76,7 +77,7 @@ def test_memory_mapped_file_answers_as_the_searcher_does(built):
     assert not faiss.downcast_index(mapped.refine_index).codes.is_owned  # exact vectors stay in the file
     queries, _ = SPACE.sample(200, seed=7)
     truth = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
-    params = build.search_parameters(side["search_params"], 10)
+    params = factory.search_parameters(side["search_params"], 10)
     found = mapped.search(queries, 10, params=params)[1]
     assert recall_at(found, truth) >= 0.93  # fresh queries, not the tuning sample
     # the IVF lists alone can be mapped too (IO_FLAG_MMAP): same answers

@@ -24,3 +24,8 @@ def centre(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32) - np.asarray(mean, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """`vectors` centred on `mean`, or as they are when the set is not centred (mean None)."""
+    return vectors if mean is None else centre(vectors, mean)

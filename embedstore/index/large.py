@@ -1,6 +1,6 @@
 """Indexes beyond the in-RAM limit: IVF-PQ re-ranked with exact vectors, read memory-mapped.
 
-When HNSW would not fit (build.choose_factory), the automatic index becomes `IVF{K},PQ{m},RFlat`:
+When HNSW would not fit (factory.choose_factory), the automatic index becomes `IVF{K},PQ{m},RFlat`:
 - IVF{K},PQ{m} scans nprobe of K lists of m-byte codes. PQ alone at 512-d tops out near recall@10
   0.6 (BENCHMARKING.md), so
 - RFlat (faiss IndexRefineFlat) re-ranks its k x k_factor best candidates by exact inner product
@@ -23,7 +23,6 @@ numbers rows densely from 0 (checked).
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,55 +30,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from embedstore.errors import BadInput, Conflict
-from embedstore.index import build
+from embedstore.errors import Conflict
+from embedstore.index import tuning
+from embedstore.index.factory import METRIC, RERANK, new_index, train_index
+from embedstore.index.files import index_paths, now, read_mapped, write_json_atomic
 from embedstore.progress import bar
 from embedstore.store import Store
-
-RERANK = ",RFlat"
-IO_FLAGS = faiss.IO_FLAG_MMAP_IFC
-K_FACTORS = (2, 4, 8, 16, 32, 64)
-MEMORY_ENV = "EMBEDSTORE_INDEX_MEMORY"
-UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def memory_setting() -> int | None:
-    """Bytes given by $EMBEDSTORE_INDEX_MEMORY (e.g. 8G, 512M, 1e9): the in-RAM limit, when set."""
-    value = os.environ.get(MEMORY_ENV, "").strip()
-    if not value:
-        return None
-    match = re.fullmatch(r"([0-9.eE+]+)\s*([KMGT]?)B?", value.upper())
-    if match is None:
-        raise BadInput(f"{MEMORY_ENV}={value!r} is not a size; write e.g. 8G, 512M or 1000000000")
-    return int(float(match.group(1)) * UNITS[match.group(2)])
-
-
-def is_large(factory: str) -> bool:
-    """True for the re-ranked, memory-mapped kind built here."""
-    return factory.endswith(RERANK)
-
-
-def reranked(factory: str, reason: str) -> tuple[str, str]:
-    """The automatic choice beyond HNSW gets exact re-ranking; other choices pass through."""
-    if not factory.startswith("IVF"):
-        return factory, reason
-    return factory + RERANK, f"{reason}; re-ranked with exact vectors (PQ alone tops out near recall 0.6 at 512-d)"
-
-
-def read(path: Path) -> faiss.Index:
-    """The index memory-mapped: only what a query touches is paged in."""
-    return faiss.read_index(str(path), IO_FLAGS)
-
-
-def read_index(path: Path, sidecar: dict) -> faiss.Index:
-    """Any built index: memory-mapped when it is the kind built here, else read into RAM."""
-    return read(path) if is_large(sidecar["factory"]) else faiss.read_index(str(path))
-
-
-def search_parameters(params: dict, selector=None) -> faiss.SearchParameters:
-    """nprobe (and the id selector) for the IVF-PQ part, k_factor for the re-ranking."""
-    base = faiss.SearchParametersIVF(sel=selector, nprobe=int(params["nprobe"]))
-    return faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]), base_index_params=base)
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -90,34 +46,34 @@ def build_large(store: Store, encoder: str, target: str, factory: str, reason: s
     _check_dense(rows)
     dim = int(store.encoder_info(encoder)["dim"])
     fingerprint = store.catalog.fingerprint(encoder, target)
-    base = build.new_index(factory.removesuffix(RERANK), dim)
+    base = new_index(factory.removesuffix(RERANK), dim)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(base))
     if isinstance(ivf, faiss.IndexIVFPQ):
         ivf.do_polysemous_training = False  # serves Hamming-filtered search only, and is most of the training time
     queries, sample = _held_out_split(rows, max(64 * ivf.nlist, 65_536))
-    build.train_index(base, store.vectors.read_rows(encoder, target, sample))
+    train_index(base, store.vectors.read_rows(encoder, target, sample))
     with bar(total=2 * len(rows), desc=f"index {encoder}.{target}", unit="vec", enabled=progress) as pbar:
         for batch_rows, vectors in _row_batches(store, encoder, target, rows):
             base.add_with_ids(vectors, batch_rows)
             pbar.update(len(vectors))
-        index_path, _ = build.index_paths(store, encoder, target)
+        index_path, _ = index_paths(store, encoder, target)
         exact = (vectors for _, vectors in _row_batches(store, encoder, target, rows, pbar))
         write_refined(index_path, base, exact, len(rows))
-    index = read(index_path)
-    params, measured = tune(index, store, encoder, target, rows, queries, recall)
+    index = read_mapped(index_path)
+    params, measured = tuning.tune_reranked(index, store, encoder, target, rows, queries, recall)
     sidecar = {
         "encoder": encoder, "target": target, "factory": factory, "factory_given": factory_given, "choice": reason,
-        "n": int(index.ntotal), "dim": dim, "metric": build.METRIC, "fingerprint": fingerprint,
+        "n": int(index.ntotal), "dim": dim, "metric": METRIC, "fingerprint": fingerprint,
         "last_row": int(rows.max()), "search_params": params, "recall_at_10": measured,
         "recall_queries": len(queries), "recall_target": recall,
         "recall_method": "stored vectors held out of training, own row excluded from the neighbours",
         "train_vectors": len(sample), "io_flags": "IO_FLAG_MMAP_IFC",
         "rerank": "exact inner product of the k x k_factor best PQ candidates (IndexRefineFlat)",
         "build_seconds": round(time.perf_counter() - start, 3), "memory_available_bytes": available,
-        "faiss_version": faiss.__version__, "created": build._now(), "incremental_adds": 0,
+        "faiss_version": faiss.__version__, "created": now(), "incremental_adds": 0,
         "index_bytes": index_path.stat().st_size,
     }
-    build.write_json_atomic(build.index_paths(store, encoder, target)[1], sidecar)
+    write_json_atomic(index_paths(store, encoder, target)[1], sidecar)
     return sidecar
 
 
@@ -130,15 +86,15 @@ def _check_dense(rows: np.ndarray) -> None:
 
 def _held_out_split(rows: np.ndarray, train_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(tuning query rows, training rows): disjoint seeded samples, each sorted."""
-    shuffled = np.random.default_rng(build.SEED).permutation(rows)
-    n_queries = min(build.RECALL_QUERIES, max(1, len(rows) // 10))
+    shuffled = np.random.default_rng(tuning.SEED).permutation(rows)
+    n_queries = min(tuning.RECALL_QUERIES, max(1, len(rows) // 10))
     return np.sort(shuffled[:n_queries]), np.sort(shuffled[n_queries : n_queries + train_size])
 
 
 def _row_batches(store: Store, encoder: str, target: str, rows: np.ndarray, pbar=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows, vectors) batches in row order from Store.iter_vectors, never the whole set at once."""
     position = 0
-    for _, vectors in store.iter_vectors(encoder, target, batch_size=build.BATCH):
+    for _, vectors in store.iter_vectors(encoder, target, batch_size=tuning.BATCH):
         yield rows[position : position + len(vectors)], vectors
         position += len(vectors)
         if pbar is not None:
@@ -178,7 +134,7 @@ def write_refined(path: Path, base: faiss.Index, exact: Iterable[np.ndarray], n:
         fh.write(blob[at + marker.nbytes :])
         fh.flush()
         os.fsync(fh.fileno())
-    check = read(tmp)
+    check = read_mapped(tmp)
     if written != n or check.ntotal != n or not (np.array_equal(check.reconstruct(0), first)
                                                  and np.array_equal(check.reconstruct(n - 1), last)):
         tmp.unlink()
@@ -187,35 +143,6 @@ def write_refined(path: Path, base: faiss.Index, exact: Iterable[np.ndarray], n:
 
 
 # -- tuning -----------------------------------------------------------------------------------------
-def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray, query_rows: np.ndarray,
-         recall: float) -> tuple[dict, float]:
-    """The fastest (nprobe, k_factor) measured whose recall@10 on the held-out queries reaches `recall`.
-
-    Larger k_factors never need more probes, so each one searches nprobe only up to the last
-    success. When no pair reaches the target, the pair with the highest recall is kept.
-    """
-    k = min(build.RECALL_K, len(rows) - 1)
-    queries = store.vectors.read_rows(encoder, target, query_rows)
-    truth = build.without_own(build.exact_neighbours(store, encoder, target, rows, queries, k + 1), query_rows, k)
-    best: tuple[float, dict, float] | None = None
-    highest: tuple[float, dict] = (-1.0, {})
-    probes = build.NPROBE
-    for k_factor in K_FACTORS:
-        for nprobe in probes:
-            params = {"nprobe": nprobe, "k_factor": k_factor}
-            started = time.perf_counter()
-            _, found = index.search(queries, k + 1, params=search_parameters(params))
-            seconds = time.perf_counter() - started
-            measured = round(build.recall_at(build.without_own(found, query_rows, k), truth), 4)
-            highest = max(highest, (measured, params), key=lambda pair: pair[0])
-            if measured >= recall:
-                if best is None or seconds < best[0]:
-                    best = (seconds, params, measured)
-                probes = probes[: probes.index(nprobe) + 1]
-                break
-    return (best[1], best[2]) if best else (highest[1], highest[0])
-
-
 # -- freshness --------------------------------------------------------------------------------------
 def append_new_rows(store: Store, index: faiss.Index, sidecar: dict) -> dict | None:
     """Add the rows committed after the build without retraining; the new sidecar, None when older rows changed.
@@ -231,15 +158,15 @@ def append_new_rows(store: Store, index: faiss.Index, sidecar: dict) -> dict | N
         return None
     new = rows[~old]
     base = faiss.deserialize_index(faiss.serialize_index(faiss.downcast_index(index.base_index)))
-    for start in range(0, len(new), build.BATCH):
-        chunk = new[start : start + build.BATCH]
+    for start in range(0, len(new), tuning.BATCH):
+        chunk = new[start : start + tuning.BATCH]
         base.add_with_ids(store.vectors.read_rows(encoder, target, chunk), chunk)
-    index_path, sidecar_path = build.index_paths(store, encoder, target)
+    index_path, sidecar_path = index_paths(store, encoder, target)
     write_refined(index_path, base, _old_then_new(index, sidecar["n"], store, encoder, target, new), len(rows))
     sidecar = {**sidecar, "n": len(rows), "fingerprint": store.catalog.fingerprint(encoder, target),
                "last_row": int(rows.max()), "incremental_adds": sidecar.get("incremental_adds", 0) + len(new),
-               "updated": build._now(), "index_bytes": index_path.stat().st_size}
-    build.write_json_atomic(sidecar_path, sidecar)
+               "updated": now(), "index_bytes": index_path.stat().st_size}
+    write_json_atomic(sidecar_path, sidecar)
     return sidecar
 
 
@@ -247,7 +174,7 @@ def _old_then_new(index: faiss.Index, n_old: int, store: Store, encoder: str, ta
                   new: np.ndarray) -> Iterator[np.ndarray]:
     """The mapped index's exact vectors, then the new rows' from the store, in batches."""
     flat = faiss.downcast_index(index.refine_index)
-    for start in range(0, n_old, build.BATCH):
-        yield flat.reconstruct_n(start, min(build.BATCH, n_old - start))
-    for start in range(0, len(new), build.BATCH):
-        yield store.vectors.read_rows(encoder, target, new[start : start + build.BATCH])
+    for start in range(0, n_old, tuning.BATCH):
+        yield flat.reconstruct_n(start, min(tuning.BATCH, n_old - start))
+    for start in range(0, len(new), tuning.BATCH):
+        yield store.vectors.read_rows(encoder, target, new[start : start + tuning.BATCH])

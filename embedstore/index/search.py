@@ -22,7 +22,9 @@ from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.devices import faiss_gpus
 from embedstore.errors import BadInput, Conflict, NotFound, TooManyFrames
 from embedstore.index import exact
-from embedstore.index.build import build_command, holds_exact_vectors, load_index, search_parameters, sidecar_centre
+from embedstore.index.build import load_index, sidecar_centre
+from embedstore.index.factory import flat_storage, holds_exact_vectors, search_parameters
+from embedstore.index.files import build_command
 from embedstore.index.centring import centre
 from embedstore.store import Store, normalise
 from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
@@ -39,7 +41,11 @@ META_COLUMNS = {
 NO_ROWS = np.zeros(0, dtype=np.int64)
 FILTERS_CACHED = 32  # where-filters' allowed rows kept per Searcher (its catalog cannot change while it is open)
 GPU_BATCH_MIN = 64  # queries in a batch before an exact batch search goes to the GPUs (copies cost more below)
-EXACT_SUBSET_MAX = 8192  # a filter leaving at most this many rows is answered by exact search over them
+# a filter leaving at most this many rows is answered by exact search over them, above by the index with an
+# id selector: bench/filtered.py at 100k x 512 (HNSW32_SQfp16, efSearch 10), p50 exact / selector ms:
+# 8,000 rows 1.2 / 6.8, 16,000 2.4 / 2.7, 32,000 4.5 / 1.5 (the exact scan grows with the rows, the
+# selector's beam with 1 / share)
+EXACT_SUBSET_MAX = 16_384
 EF_ESTIMATE_K = 50  # neighbours behind the label estimate, whatever k shows (EchoPrime's k)
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
 
@@ -369,10 +375,30 @@ class Searcher:
             return self.index.reconstruct_batch(rows)
         return self.store.vectors.read_rows(self.encoder, self.target, rows)
 
+    @cached_property
+    def _storage(self) -> tuple[np.ndarray, np.ndarray, faiss.Index] | None:
+        """(id at each position, position of each row, the flat index of the vectors) when the index keeps its
+        vectors flat, exactly or as fp16 copies (factory.flat_storage; fp16 cosines are within ~1e-4)."""
+        found = flat_storage(self.index)
+        if found is None:
+            return None
+        ids, storage = found
+        position = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+        position[ids] = np.arange(len(ids))
+        return ids, position, storage
+
+    def _subset_scan(self, queries: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """[Q, n] exact (scores, rows) among `rows`: the flat vectors searched with a bitmap of their positions."""
+        ids, position, storage = self._storage
+        mask = np.zeros(storage.ntotal, dtype=bool)
+        mask[position[rows]] = True
+        bitmap = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        scores, found = storage.search(queries, n, params=faiss.SearchParameters(sel=selector))
+        return scores, np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+
     def _indexed_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of rows as the index compares them (centred when the index is)."""
-        if self.exact_storage:
-            return self.index.reconstruct_batch(rows)
+        """Vectors of rows as the index compares them (centred when the index is), from the vector file."""
         vectors = self.store.vectors.read_rows(self.encoder, self.target, rows)
         return vectors if self.centre is None else centre(vectors, self.centre)
 
@@ -432,6 +458,8 @@ class Searcher:
     def _exact_many(self, queries: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if self._storage is not None:
+            return self._subset_scan(queries, rows, n)
         scores = queries @ self._indexed_vectors(rows).T
         top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else np.tile(np.arange(n), (len(queries), 1))
         top_scores = np.take_along_axis(scores, top, axis=1)
@@ -463,17 +491,28 @@ class Searcher:
         allowed = None if where is None else self.allowed(where)
         if restrict is not None:  # rows a query kind itself limits to (a study's section)
             allowed = restrict if allowed is None else np.intersect1d(allowed, restrict)
+        left_out = self._estimate_left_out(query_id)
+        n_wide = None if left_out is None else max(k + len(exclude), EF_ESTIMATE_K + len(left_out[0]))
+        wide = None
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
-        else:
+        elif n_wide is None or not self._same_beam(n_wide):
             scores, rows = self._neighbours(vector, k, allowed, exclude)
+            counts = None
+        else:  # one search serves the hits and the label estimate: enough rows for both after their exclusions
+            wide_scores, wide = self._neighbours(vector, n_wide, allowed, NO_ROWS)
+            if len(exclude):
+                keep = _kept(wide, exclude)
+                scores, rows = wide_scores[keep][:k], wide[keep][:k]
+            else:
+                scores, rows = wide_scores[:k], wide[:k]
             counts = None
         hits = self._hits(scores, rows, counts)
         query = self._query_record(query, k, len(hits), where, same_patient, bool(len(exclude)))
         return SearchResult(
             hits=hits, filtered_out=0 if allowed is None else self.size - len(allowed), provenance=self.provenance,
             took_ms=round((time.perf_counter() - start) * 1000, 3),
-            ef_estimate=self._ef_estimate(vector, allowed, query_id), query=query,
+            ef_estimate=self._ef_estimate(vector, allowed, left_out, wide), query=query,
         )
 
     def _query_record(self, query: dict, k: int, returned: int, where: str | None, same_patient: bool,
@@ -486,28 +525,60 @@ class Searcher:
                              f"{' besides the query' if excluded else ''}; returned them all")
         return query
 
-    def _ef_estimate(self, vector: np.ndarray, allowed: np.ndarray | None, query_id: str | None) -> dict | None:
-        """Mean and SD of the EF of the EF_ESTIMATE_K nearest videos, the query's own video and (when known) its
-        patient's videos left out, so a stored query never votes for itself; None without labels."""
-        if self.target != "videos":
+    def _same_beam(self, n: int) -> bool:
+        """True when asking the index for n neighbours finds the same first ones as asking for fewer, so one
+        search can serve the hits and the label estimate: exact search, IVF (k does not change the lists
+        probed), HNSW whose efSearch is already >= n. Otherwise the hits come from a search of their own
+        (the same as search_many's) and the estimate from another."""
+        params = self.sidecar["search_params"]
+        return "k_factor" not in params and int(params.get("efSearch", n)) >= n
+
+    def _estimate_left_out(self, query_id: str | None) -> tuple[np.ndarray, str] | None:
+        """(rows the label estimate leaves out, what they are), or None when there is no estimate to make
+        (not videos, or no video has an EF label: known once, not per query)."""
+        if not self._ef_labelled:
             return None
         own = self._row_of_id.get(query_id) if query_id is not None else None
-        left_out, exclude = "nothing (the query is not a stored video)", NO_ROWS
-        if own is not None:
-            patient = self.meta[int(self._positions(np.array([own]))[0])][0]
-            if patient is not None:
-                exclude = self._rows_by_patient[patient]
-                left_out = "the query's video and its patient's other videos"
-            else:
-                exclude, left_out = np.array([own], dtype=np.int64), "the query's video"
-        _, rows = self._neighbours(vector, EF_ESTIMATE_K, allowed, exclude)
-        ef = self.columns.index("ef")
-        values = [float(v) for p in self._positions(rows).tolist() if (v := self.meta[p][ef]) is not None]
+        if own is None:
+            return NO_ROWS, "nothing (the query is not a stored video)"
+        patient = self.meta[int(self._positions(np.array([own]))[0])][0]
+        if patient is not None:
+            return self._rows_by_patient[patient], "the query's video and its patient's other videos"
+        return np.array([own], dtype=np.int64), "the query's video"
+
+    @cached_property
+    def _ef_labelled(self) -> bool:
+        """True when this is the videos set and at least one of its videos has an EF label."""
+        return self.target == "videos" and any(v is not None for v in self._ef_values)
+
+    @cached_property
+    def _ef_values(self) -> list[float | None]:
+        """The EF label per position in self.rows (None where none): the estimate reads 50 floats from one
+        list instead of 50 metadata tuples. Plain Python on 50 values: right after a search has swept
+        the caches, each NumPy call costs ~10 us more than the whole loop (measured at 10k x 512)."""
+        ef = self.columns.index("ef") if "ef" in self.columns else None
+        return [None if ef is None or m[ef] is None else float(m[ef]) for m in self.meta]
+
+    def _ef_estimate(self, vector: np.ndarray, allowed: np.ndarray | None, left_out: tuple[np.ndarray, str] | None,
+                     neighbours: np.ndarray | None = None) -> dict | None:
+        """Mean and SD of the EF of the EF_ESTIMATE_K nearest videos, the query's own video and (when known) its
+        patient's videos left out (`left_out`), so a stored query never votes for itself; None without labels.
+
+        `neighbours`: rows of a search already made (best first, wide enough), else one is made here."""
+        if left_out is None:
+            return None
+        exclude, left = left_out
+        if neighbours is None:
+            _, rows = self._neighbours(vector, EF_ESTIMATE_K, allowed, exclude)
+        else:
+            rows = (neighbours[_kept(neighbours, exclude)] if len(exclude) else neighbours)[:EF_ESTIMATE_K]
+        labels = self._ef_values
+        values = [v for p in self._position_list(rows) if (v := labels[p]) is not None]
         if not values:
             return None
         mean = sum(values) / len(values)
         std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-        return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values), "k": EF_ESTIMATE_K, "left_out": left_out}
+        return {"mean": round(mean, 2), "std": round(std, 2), "n": len(values), "k": EF_ESTIMATE_K, "left_out": left}
 
     @cached_property
     def _rows_by_patient(self) -> dict[str, np.ndarray]:
@@ -537,7 +608,7 @@ class Searcher:
         if allowed is None:
             scores, rows = self._faiss(vector, min(n + len(exclude), self.size))
             if len(exclude):
-                keep = ~np.isin(rows, exclude) if len(exclude) > 64 else (rows[:, None] != exclude).all(axis=1)  # isin: ~40 us
+                keep = _kept(rows, exclude)
                 scores, rows = scores[keep], rows[keep]
             return scores[:n], rows[:n]
         allowed = np.setdiff1d(allowed, exclude, assume_unique=True)
@@ -567,6 +638,9 @@ class Searcher:
     def _exact(self, vector: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n == 0:
             return np.zeros(0, np.float32), NO_ROWS
+        if self._storage is not None:
+            scores, found = self._subset_scan(vector, rows, n)
+            return scores[0], found[0]
         scores = self._indexed_vectors(rows) @ vector[0]
         top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]
@@ -597,7 +671,19 @@ class Searcher:
         names, ids, meta = self.columns, self.ids, self.meta
         return [Hit(rank=i + 1, id=ids[p], score=score, metadata=dict(zip(names, meta[p])),
                     count=None if counts is None else counts[i])
-                for i, (p, score) in enumerate(zip(self._positions(rows).tolist(), scores.tolist()))]
+                for i, (p, score) in enumerate(zip(self._position_list(rows), scores.tolist()))]
+
+    def _position_list(self, rows: np.ndarray) -> list[int]:
+        """_positions for a few rows as Python ints: after a search has swept the caches, one NumPy
+        subtraction cost ~25 us, the loop over 10-50 ints a few."""
+        if not self._dense:
+            return self._positions(rows).tolist()
+        first = self._first_row
+        return [r - first for r in rows.tolist()]
+
+    @cached_property
+    def _first_row(self) -> int:
+        return int(self.rows[0]) if len(self.rows) else 0
 
     def _positions(self, rows: np.ndarray) -> np.ndarray:
         """Index of each row in self.rows (arithmetic when the rows have no gaps, the usual case)."""
@@ -625,6 +711,11 @@ def _provenance(info: dict, sidecar: dict) -> dict:
         "index": {**{k: sidecar.get(k) for k in ("factory", "n", "recall_at_10", "search_params", "fingerprint", "created")},
                   "centred": sidecar.get("centre") is not None},
     }
+
+
+def _kept(rows: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """Mask of the rows not in a non-empty `exclude` (a comparison for a few, isin for many: isin costs ~40 us)."""
+    return ~np.isin(rows, exclude) if len(exclude) > 64 else (rows[:, None] != exclude).all(axis=1)
 
 
 def _drop_excluded(scores: np.ndarray, rows: np.ndarray, exclude: np.ndarray | None,

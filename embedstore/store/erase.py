@@ -95,14 +95,14 @@ def remove_from_index(store: Store, encoder: str, target: str, rows: np.ndarray)
     """remove_ids where FAISS can (IDMap over Flat, IVF); otherwise drop the .faiss file (the sidecar stays)."""
     import faiss
 
-    from embedstore.index import build, large
+    from embedstore.index import build, factory, files
 
-    index_path, sidecar_path = build.index_paths(store, encoder, target)
+    index_path, sidecar_path = files.index_paths(store, encoder, target)
     if not index_path.exists() or len(rows) == 0:
         return
     try:
         sidecar = build.read_sidecar(store, encoder, target)
-        if large.is_large(sidecar["factory"]):
+        if factory.is_large(sidecar["factory"]):
             raise RuntimeError("a memory-mapped index is rebuilt, not edited")
         index = faiss.read_index(str(index_path))
         index.remove_ids(faiss.IDSelectorBatch(rows))
@@ -111,7 +111,7 @@ def remove_from_index(store: Store, encoder: str, target: str, rows: np.ndarray)
         return
     live = np.array(sorted(cat.live_rows(store.catalog, encoder, target)), dtype=np.int64)
     fresh = index.ntotal == len(live)  # else it was already missing newer rows: stay stale, writers refresh it
-    build.save_index(store, index, {
+    files.save_index(store, index, {
         **sidecar, "n": int(index.ntotal), "last_row": int(live.max()) if len(live) else -1,
         "fingerprint": store.catalog.fingerprint(encoder, target) if fresh else sidecar["fingerprint"],
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
