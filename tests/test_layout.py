@@ -10,8 +10,6 @@ import embedstore
 ROOT = Path(embedstore.__file__).parent.parent
 REGISTRY = "embedstore.encoders.base"  # fills its registry by importing every encoder module, each importing Encoder
 # index/build.py and index/large.py are being split (factory, tuning and file helpers below both): drop these then.
-INDEX_SPLIT_PENDING = {frozenset(("embedstore.index.build", "embedstore.index.large")),
-                       frozenset(("embedstore.index.build", "embedstore.index.similar"))}
 
 
 def modules(top: str) -> dict[str, Path]:
@@ -81,10 +79,10 @@ def mutual_imports(top: str) -> list[str]:
 
 
 def allowed(pair: str) -> bool:
-    """The encoder registry and its encoders; index pairs whose split is under way."""
+    """The encoder registry and its encoders."""
     a, b = pair.split(" <-> ")
     registry = REGISTRY in (a, b) and all(m.startswith("embedstore.encoders.") for m in (a, b))
-    return registry or frozenset((a, b)) in INDEX_SPLIT_PENDING
+    return registry
 
 
 def test_no_module_imports_a_private_name_from_another_package():

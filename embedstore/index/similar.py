@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from embedstore.errors import NotFound
-from embedstore.index.build import write_json_atomic
+from embedstore.index.files import write_json_atomic
 from embedstore.index.search import QueryEncoder
 from embedstore.store import Store
 from embedstore.video.read import MAX_FRAMES
