@@ -150,7 +150,8 @@ def single_beside(row: Row, search: Callable[[np.ndarray], np.ndarray], queries:
     """`single` for one method, interleaved with raw faiss on the Searcher's index (`reference`), so that a
     noisy moment of the shared machine hits both; row.vs_raw is the ratio of their p50s."""
     ref = Row("raw faiss")
-    single([(row, search), (ref, reference)], queries, truth)
+    with pinned(1):  # both sides single-threaded, whatever the caller's setting (faiss's OpenMP pool included)
+        single([(row, search), (ref, reference)], queries, truth)
     row.vs_raw = row.p50_ms / ref.p50_ms
 
 
