@@ -92,22 +92,6 @@ def test_arrays_form_pads_and_excludes(ro):
     assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 
-def test_a_given_setting_reaches_faiss_without_changing_the_tuned_one(ro, monkeypatch):
-    """The audit's near-duplicate pass narrows the HNSW beam per call; ordinary searches keep the tuned beam."""
-    searcher = Searcher(ro, "toy2")
-    tuned = searcher.sidecar["search_params"]["efSearch"]
-    beams = []
-    real = searcher.index.search
-    monkeypatch.setattr(searcher, "index", type("Spy", (), {
-        "search": lambda self, x, n, params=None: beams.append(params.efSearch) or real(x, n, params=params),
-        "__getattr__": lambda self, name: getattr(real.__self__, name)})())
-    vectors, _ = searcher.vectors_of(["v00001", "v00002"])
-    searcher.neighbours_many(vectors, 3)
-    searcher.neighbours_many(vectors, 3, search_params={"efSearch": tuned + 7})
-    searcher.neighbours_many(vectors, 3)
-    assert beams == [tuned, tuned + 7, tuned]
-
-
 def test_bad_batches_are_refused(ro):
     searcher = Searcher(ro, "toy")
     with pytest.raises(BadInput, match="either query vectors or stored ids"):

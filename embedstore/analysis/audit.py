@@ -42,10 +42,6 @@ from embedstore.video.write import write_video
 KINDS = ("patient", "study", "duplicate", "near-duplicate")
 AUDIT_K = 10  # neighbours asked per vector; more for the rows whose k-th is still a near-duplicate
 BATCH = 4096  # query vectors per FAISS call
-NEAR_EF = 32  # HNSW beam of the near-duplicate passes: a pair above the threshold sits far closer than any distinct
-# neighbour and a narrow beam finds it (bench/audit.py checks the pairs against an exact pass each run: recall 1.0
-# on 50k of 100k at efSearch 32 and 0.99 at the tuned 10, 2026-11-29), while the index's beam is tuned for top-10
-# recall of ordinary queries (efSearch 128 at 1M), four times the work per vector
 LEVEL_SAMPLE = 10_000  # vectors whose nearest neighbour sets the distinct-neighbour level
 SAMPLE_VIDEOS = 8  # videos re-encoded under perturbations to choose the threshold
 CROP_SHIFT_PX = 2
@@ -213,8 +209,7 @@ def near_pairs(searcher: Searcher, threshold: float, k: int, progress: bool = Fa
             todo, width = rows[start:start + BATCH], k
             vectors = searcher.vectors_at(todo)
             while len(todo):
-                scores, hits = searcher.neighbours_many(vectors, width, exclude_rows=todo,
-                                                        search_params=near_setting(searcher))
+                scores, hits = searcher.neighbours_many(vectors, width, exclude_rows=todo)
                 for i, j in zip(*np.nonzero((scores >= threshold) & (hits >= 0))):
                     a, b = sorted((int(todo[i]), int(hits[i, j])))
                     found[(a, b)] = max(found.get((a, b), -1.0), float(scores[i, j]))
@@ -224,14 +219,6 @@ def near_pairs(searcher: Searcher, threshold: float, k: int, progress: bool = Fa
                 todo, vectors, width = todo[full], vectors[full], min(4 * width, searcher.size - 1)
             pbar.update(min(BATCH, len(rows) - start))
     return sorted(((a, b, s) for (a, b), s in found.items()), key=lambda p: -p[2])
-
-
-def near_setting(searcher: Searcher) -> dict | None:
-    """The index setting for near-duplicate passes: an HNSW beam of at most NEAR_EF, else the tuned one."""
-    tuned = searcher.sidecar.get("search_params") or {}
-    if "efSearch" not in tuned:
-        return None
-    return {**tuned, "efSearch": min(int(tuned["efSearch"]), NEAR_EF)}
 
 
 # -- exact duplicates ---------------------------------------------------------------------------
@@ -358,7 +345,7 @@ def _against(store: Store, searcher: Searcher, encoder: str, other_path: str | P
         found: list[tuple[str, str, float]] = []
         k = min(k, searcher.size)
         for batch_ids, vectors in other.iter_vectors(encoder, batch_size=BATCH):
-            scores, hits = searcher.neighbours_many(vectors, k, search_params=near_setting(searcher))
+            scores, hits = searcher.neighbours_many(vectors, k)
             for i, j in zip(*np.nonzero((scores >= threshold) & (hits >= 0))):
                 found.append((str(ids[row_pos[int(hits[i, j])]]), batch_ids[i], float(scores[i, j])))
         found.sort(key=lambda p: -p[2])

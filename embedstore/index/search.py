@@ -351,13 +351,11 @@ class Searcher:
         return results
 
     def neighbours_many(self, vectors: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
-                        where: str | None = None, search_params: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """[N, k] (scores, rows) of unit query vectors, best first, padded with (-inf, -1); exclude_rows[i]
         (a row, or -1) is left out of query i's answer. The array form of search_many, for audits of
-        millions of vectors, where one Hit object per neighbour would cost more than the search.
-        `search_params` replaces the index's tuned setting (e.g. a narrower HNSW beam for near-duplicates)."""
-        scores, rows, _ = self._neighbours_many(np.ascontiguousarray(vectors, dtype=np.float32), k, where, exclude_rows,
-                                                search_params)
+        millions of vectors, where one Hit object per neighbour would cost more than the search."""
+        scores, rows, _ = self._neighbours_many(np.ascontiguousarray(vectors, dtype=np.float32), k, where, exclude_rows)
         return scores, rows
 
     def vectors_of(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -407,12 +405,10 @@ class Searcher:
     def _rows_of_list(self, ids: list[str]) -> np.ndarray:
         return np.array([self._row_of_id.get(i, -1) for i in ids], dtype=np.int64)
 
-    def _neighbours_many(self, queries: np.ndarray, k: int, where: str | None, exclude: np.ndarray | None,
-                         setting: dict | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    def _neighbours_many(self, queries: np.ndarray, k: int, where: str | None,
+                         exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
         """The batch form of _neighbours: one FAISS call (or one matrix product over a small filtered set)."""
         self._check_k(k)
-        tuned = setting is None
-        setting = self.sidecar["search_params"] if tuned else setting
         if self.centre is not None and len(queries):
             queries = centre(queries, self.centre)
         n_queries = len(queries)
@@ -425,20 +421,16 @@ class Searcher:
         filtered_out = 0 if allowed is None else self.size - len(allowed)
         if n_queries == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), filtered_out
-        if allowed is None and n_queries >= GPU_BATCH_MIN and self.exact_storage and not setting \
+        if allowed is None and n_queries >= GPU_BATCH_MIN and self.exact_storage and not self.sidecar["search_params"] \
                 and faiss_gpus() > 0:  # an exact index and a real batch: the GPUs scan faster than the CPU index
             n = min(k + extra, self.size)
             scores, positions = exact.knn(queries, self._flat_vectors, n, use_gpu=True)
             rows = np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
         elif allowed is None:
             n = min(k + extra, self.size)
-            if not tuned:
-                params = search_parameters(setting, n)
-            elif n not in self._plain_params:
-                params = self._plain_params[n] = search_parameters(setting, n)
-            else:
-                params = self._plain_params[n]
-            scores, rows = self.index.search(queries, n, params=params)
+            if n not in self._plain_params:
+                self._plain_params[n] = search_parameters(self.sidecar["search_params"], n)
+            scores, rows = self.index.search(queries, n, params=self._plain_params[n])
         elif len(allowed) <= EXACT_SUBSET_MAX:
             scores, rows = self._exact_many(queries, allowed, min(k + extra, len(allowed)))
         else:
@@ -447,7 +439,7 @@ class Searcher:
             bitmap = np.packbits(mask, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
             n = min(k + extra, len(allowed))
-            params = search_parameters(setting, n, selector, len(allowed) / self.size)
+            params = search_parameters(self.sidecar["search_params"], n, selector, len(allowed) / self.size)
             scores, rows = self.index.search(queries, n, params=params)
         scores, rows = _drop_excluded(scores, rows, exclude, k)
         if allowed is not None and len(allowed) > EXACT_SUBSET_MAX:  # short answers under a selective filter
