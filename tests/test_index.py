@@ -39,9 +39,16 @@ def small(tmp_path):
     store.close()
 
 
-def test_size_rule_flat_then_hnsw_then_ivf_pq():
+def test_size_rule_flat_then_hnsw_then_rabitq_then_ivf_pq():
     assert choose_factory(10_030, 512, 16 * 2**30)[0] == "Flat"
-    assert choose_factory(1_000_000, 512, 16 * 2**30)[0] == "HNSW32_SQfp16"
+    assert choose_factory(60_000, 512, 16 * 2**30)[0] == "HNSW32_SQfp16"
+    # 1M x 512: 4 sqrt(1e6) = 4,000 lists -> 4,096; file 1e6 x (2,048 + 64 + 24) B = 2.1 GB <= half of 16 GiB
+    factory, why = choose_factory(1_000_000, 512, 16 * 2**30)
+    assert factory == "IVF4096,RaBitQ" and "RaBitQ" in why
+    # rows with gaps, or a centred index, cannot be memory-mapped by position: HNSW
+    assert choose_factory(1_000_000, 512, 16 * 2**30, mappable=False)[0] == "HNSW32_SQfp16"
+    # 3 GB: the RaBitQ file (2.1 GB) is over half, HNSW (1e6 x (1,024 + 281.6 + 64) B = 1.37 GB) is not
+    assert choose_factory(1_000_000, 512, 3 * 10**9)[0] == "HNSW32_SQfp16"
     factory, why = choose_factory(100_000_000, 512, 16 * 2**30)
     assert factory.startswith("IVF") and factory.endswith(",PQ64"), factory
     assert "GB" in why

@@ -107,3 +107,59 @@ def test_new_rows_are_added_without_retraining_and_stay_mapped(built, tmp_path):
         assert not faiss.downcast_index(index.refine_index).codes.is_owned
         hit = Searcher(store, ENCODER).search_vector(new[2], k=1).hits[0]
     assert hit.id == "new2" and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def rabitq(built, tmp_path_factory) -> tuple[Path, np.ndarray, dict]:
+    """The same 50,000 vectors indexed by the automatic rule with RaBitQ's threshold lowered below them."""
+    path, vectors, *_ = built
+    copy = tmp_path_factory.mktemp("rabitq") / "store"
+    shutil.copytree(path, copy)
+    shutil.rmtree(copy / "indexes")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMBEDSTORE_INDEX_MEMORY", "1G")
+        mp.setattr(factory, "RABITQ_MIN", 40_000)
+        result = CliRunner().invoke(app, ["index", "--store", str(copy), "--encoder", ENCODER, "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return copy, vectors, json.loads(result.output)
+
+
+def test_automatic_rabitq_is_tuned_to_its_fastest_point_and_retuned_without_a_rebuild(rabitq):
+    path, _, side = rabitq
+    assert side["factory"] == "IVF1024,RaBitQ,RFlat" and "RaBitQ" in side["choice"]  # 4 sqrt(50,000) = 894 -> 1,024
+    assert side["recall_at_10"] >= 0.95 and side["io_flags"] == "IO_FLAG_MMAP_IFC"
+    curve = side["curve"]
+    assert {p["k_factor"] for p in curve} == set(tuning.K_FACTORS) and all(p["nprobe"] in tuning.NPROBE for p in curve)
+    reaching = [p for p in curve if p["recall_at_10"] >= 0.95]
+    fastest = min(reaching, key=lambda p: p["ms_per_query"])
+    assert side["search_params"] == {"nprobe": fastest["nprobe"], "k_factor": fastest["k_factor"]}
+    with open_store(path, read_only=True, write_derived=True) as store:
+        index_path, _ = index_paths(store, ENCODER)
+        before = index_path.stat()
+    result = CliRunner().invoke(app, ["index", "--store", str(path), "--encoder", ENCODER, "--recall", "0.99",
+                                      "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    retuned = json.loads(result.output)
+    after = index_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns) and "retuned" in retuned
+    assert retuned["recall_at_10"] >= 0.99 and retuned["search_params"] != side["search_params"]
+
+
+def test_rabitq_searcher_reads_ids_from_the_file_and_keeps_filtered_recall(rabitq, monkeypatch):
+    from embedstore.index import search as search_module
+
+    path, vectors, _ = rabitq
+    store = open_store(path, read_only=True)
+    searcher = Searcher(store, ENCODER)
+    monkeypatch.setattr(store.vectors, "read_rows", lambda *a, **k: pytest.fail("an id query must not read vectors.h5"))
+    assert searcher.search_id("v0000007", k=1, exclude_self=False).hits[0].id == "v0000007"
+    monkeypatch.undo()
+    test_rows = np.array(sorted(int(r[0][1:]) for r in store.catalog.query("SELECT video_id FROM videos WHERE split = 'TEST'")))
+    queries, _ = SPACE.sample(100, seed=11)
+    truth = faiss.knn(queries, vectors[test_rows], 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    for subset_max in (search_module.EXACT_SUBSET_MAX, 1000):  # the exact scan of the rows, then the selector
+        monkeypatch.setattr(search_module, "EXACT_SUBSET_MAX", subset_max)
+        found = [[int(h.id[1:]) for h in searcher.search_vector(q, k=10, where="split = 'TEST'").hits] for q in queries]
+        assert all(len(f) == 10 for f in found)
+        assert recall_at(np.array(found), test_rows[truth]) >= (1.0 if subset_max > len(test_rows) else 0.95)
+    store.close()

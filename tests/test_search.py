@@ -143,6 +143,40 @@ def test_result_carries_provenance_ef_estimate_and_serialises(ro):
     assert [h["rank"] for h in data["hits"]] == list(range(1, 11))
 
 
+class CountingIndex:
+    """The Searcher's FAISS index with its search calls counted."""
+
+    def __init__(self, index):
+        self.inner, self.searches = index, 0
+
+    def search(self, *args, **kwargs):
+        self.searches += 1
+        return self.inner.search(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("encoder, ef_search, searches", [("toy", None, (1, 1)), ("toy2", 16, (1, 2)),
+                                                         ("toy2", 64, (1, 1))])
+def test_ef_estimate_is_worked_out_when_read(ro, encoder, ef_search, searches):
+    searcher = Searcher(ro, encoder)
+    if ef_search is not None:  # below the estimate's 50 neighbours the hits' search cannot serve it
+        searcher.sidecar["search_params"]["efSearch"] = ef_search
+    searcher.index = counting = CountingIndex(searcher.index)
+    query = ro.get_vectors(encoder, ["v00400"]) * 3  # not a stored id: nothing left out, and not unit length
+    result = searcher.search_vector(query, k=5)
+    assert counting.searches == searches[0] and [h.rank for h in result.hits] == [1, 2, 3, 4, 5]
+    query[:] = 0  # the caller reuses its array before reading the estimate
+    estimate = result.ef_estimate
+    assert counting.searches == searches[1]
+    wide = searcher.search_vector(ro.get_vectors(encoder, ["v00400"]), k=50).hits
+    efs = [h.metadata["ef"] for h in wide]
+    assert estimate == {"mean": round(float(np.mean(efs)), 2), "std": round(float(np.std(efs)), 2), "n": 50,
+                        "k": 50, "left_out": "nothing (the query is not a stored video)"}
+    assert result.ef_estimate is estimate and counting.searches == searches[1] + 1  # read once, kept
+
+
 def test_video_to_report_and_report_to_video(ro):
     reports = Searcher(ro, "toyclip", target="reports").search_id("v00004", k=3)
     assert reports.hits[0].id == "r4" and reports.hits[0].metadata["text"] == "report 4"

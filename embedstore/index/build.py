@@ -54,8 +54,10 @@ def build_index(store: Store, encoder: str, target: str = "videos", factory: str
         raise BadInput(f"store {store.path} has no {encoder} {target} vectors to index; "
                        f"run `embedstore encode --store {store.path} --encoder {encoder}` first")
     available = available_memory()
-    chosen, reason = (factory, "given with --factory") if factory else reranked(*choose_factory(len(rows), dim, available))
-    if is_large(chosen):  # beyond the in-RAM limit: IVF-PQ + exact re-ranking, memory-mapped
+    mappable = not center and rows[0] == 0 and rows[-1] == len(rows) - 1  # what the memory-mapped kind needs
+    chosen, reason = ((factory, "given with --factory") if factory
+                      else reranked(*choose_factory(len(rows), dim, available, mappable)))
+    if is_large(chosen):  # IVF + exact re-ranking, memory-mapped
         if center:
             raise BadInput(f"--center is not available for the memory-mapped {chosen} index; "
                            f"give --factory HNSW32 (or Flat) to centre, or index without --center")

@@ -20,11 +20,18 @@ HNSW_M = 32
 # The graph over fp16 copies of the vectors: half the bytes a distance reads, the same recall (see choose_factory)
 HNSW_FACTORY = f"HNSW{HNSW_M}_SQfp16"
 HNSW_CODE_BYTES = 2  # per dimension (fp16)
-HNSW_MEMORY_SHARE = 0.5  # HNSW while its estimated size is under this share of available memory
+HNSW_MEMORY_SHARE = 0.5  # an in-memory kind while its estimated size is under this share of available memory
+# From here on, IVF-RaBitQ re-ranked with the exact vectors beats the HNSW graph query for query
+# (measured from 100k on: bench/search.py, see choose_factory; unmeasured below)
+RABITQ_MIN = 100_000
 EF_FILTERED_MAX = 4096
 # Under a filter keeping `share` of the rows, HNSW's beam is efSearch x this / share: 1 / share alone kept
 # recall@10 at 0.92-0.93 with 4-10% of 100k rows (bench/filtered.py, efSearch 10)
 FILTERED_EF_FACTOR = 2
+# IVF's nprobe under a filter is nprobe x this / share: the allowed neighbours lie farther out, over more
+# lists. IVF1024,RaBitQ,RFlat at 100k x 512 (nprobe 2, k_factor 2), recall@10 vs exact filtered, by lists
+# probed: 8% kept 50 0.894, 100 0.937, 200 0.955; 16% kept 25 0.93, 50 0.965, 100 0.978 (factor 2 fell short)
+FILTERED_NPROBE_FACTOR = 8
 METRIC = "inner_product (cosine on L2-normalised vectors)"
 RERANK = ",RFlat"  # the suffix of the memory-mapped IVF + exact re-ranking kind (index/large.py)
 MEMORY_ENV = "EMBEDSTORE_INDEX_MEMORY"
@@ -69,40 +76,64 @@ def hnsw_bytes(n: int, dim: int, m: int = HNSW_M, code_bytes: int = HNSW_CODE_BY
     return int(n * (code_bytes * dim + 2 * m * 4 * 1.1 + 64))
 
 
+def ivf_lists(n: int) -> int:
+    """~4 sqrt(n) inverted lists, a power of two between 1,024 and 262,144."""
+    return int(min(max(2 ** round(np.log2(4 * np.sqrt(n))), 1024), 262_144))
+
+
 def ivf_pq_factory(n: int, dim: int) -> str:
-    """IVF with ~4 sqrt(n) lists (a power of two) and 8-bit PQ codes of dim/8 sub-vectors (SQ8 if none fit)."""
-    nlist = int(min(max(2 ** round(np.log2(4 * np.sqrt(n))), 1024), 262_144))
+    """IVF with ivf_lists(n) lists and 8-bit PQ codes of dim/8 sub-vectors (SQ8 if none fit)."""
     m = next((m for m in range(dim // 8, 0, -1) if dim % m == 0), 1)
-    return f"IVF{nlist},PQ{m}" if m >= 8 else f"IVF{nlist},SQ8"
+    return f"IVF{ivf_lists(n)},PQ{m}" if m >= 8 else f"IVF{ivf_lists(n)},SQ8"
 
 
-def choose_factory(n: int, dim: int, available: int | None) -> tuple[str, str]:
+def rabitq_bytes(n: int, dim: int) -> int:
+    """Estimated IVF-RaBitQ + exact re-rank file: float32 rows, 1-bit codes plus their factors, ids."""
+    return int(n * (4 * dim + dim / 8 + 24))
+
+
+def choose_factory(n: int, dim: int, available: int | None, mappable: bool = True) -> tuple[str, str]:
     """(FAISS factory string, the reason) for n vectors of dimension dim.
 
-    Above FLAT_MAX, while it fits: HNSW32 over fp16 copies of the vectors (HNSW_FACTORY), decided from
-    bench/search.py (512-d embedding-like vectors, 500 fresh queries, one thread, each index at the
-    smallest setting reaching recall@10 0.95 on them; 2 shared cores, 2026-11-29). p50 as a multiple of
-    raw faiss's p50 on the automatic index in the same interleaved blocks / index MB / build s:
+    mappable: the rows are numbered 0..n-1 and the index is not centred, which the memory-mapped
+    IVF + exact re-rank kind needs (index/large.py); otherwise that kind is never chosen.
+
+    From RABITQ_MIN vectors, while its file fits in the page cache: IVF over 1-bit RaBitQ codes with
+    the candidates re-ranked by the exact vectors (`IVF{K},RaBitQ,RFlat`, index/large.py). From
+    FLAT_MAX, or when that cannot be used, while it fits: HNSW32 over fp16 copies of the vectors
+    (HNSW_FACTORY). Decided from bench/search.py (512-d embedding-like vectors, fresh queries, one
+    thread, each index at the smallest setting reaching recall@10 0.95 on them; 2 shared cores).
+    p50 as a multiple of raw faiss's p50 on HNSW32_SQfp16 in the same interleaved blocks / index MB / build s:
       100k, 200 centres (load ~1.5):  HNSW32_SQfp16 0.88 / 130 / 6.2   HNSW32 (Flat) 1.17 / 232 / 8.0
         hnswlib M32 1.30 / 232 / 5.5   usearch f32 2.75 / 320 / 9.4   usearch i8 + re-rank 2.52 / 323 / 5.0
         HNSW32_SQ8,RFlat 0.97 / 283 / 6.1   IVF1024,PQ64x4fs,RFlat 1.18 / 211 / 4.8
         IVF1024,RaBitQ,RFlat 0.70 / 215 / 5.4   IVF1024,RaBitQfs,RFlat 0.71 / 216 / 5.1
       200k, 400 centres (load ~6):    HNSW32_SQfp16 1.12 / 259 / 22.5   HNSW32 1.44 / 464 / 22.5
         hnswlib 1.36 / 465 / 22.6   HNSW32_SQ8,RFlat 1.01 / 566 / 19.0   IVF2048,RaBitQfs,RFlat 0.97 / 432 / 20.6
-    (usearch i8 alone never reached 0.95: 0.91 at expansion_search 512.) fp16 keeps HNSW-Flat's recall
-    at the same efSearch (its rounding, ~2e-5 on a cosine, is far below the gaps between neighbours),
-    reads half the bytes per distance, halves the memory and builds as fast as hnswlib: 1.2-1.5x
-    hnswlib's single-query speed. IVF-RaBitQ + re-rank was faster still (1.26x at 100k, 1.15x at 200k:
-    its lead shrinks as its coarse quantizer scans 4 sqrt(n) centroids, 8 MB a query at 1M x 512), but
-    it needs dense rows, memory-mapping and no centring (index/large.py), so it is not the in-RAM choice.
+      1M, 2,000 centres (load 2-4), single queries/s / index MB / build s:  HNSW32_SQfp16 2,486 / 1,296 / 157
+        hnswlib 2,293 / 2,324 / 149   IVF4096,RaBitQ,RFlat 6,023 / 2,136 / 111 (p99 0.39 ms)
+        IVF4096,RaBitQfs,RFlat 5,190   IVF4096,PQ64x4fs,RFlat 1,229 (p99 9.4 ms)
+    (usearch i8 alone never reached 0.95: 0.91 at expansion_search 512.) The 1-bit codes (64 bytes at
+    512-d) are scanned in a few lists and only k x k_factor (4) exact rows are read; the graph reads
+    ~efSearch x 32 fp16 vectors scattered over memory. fp16 keeps HNSW-Flat's recall at the same
+    efSearch (its rounding, ~2e-5 on a cosine, is far below the gaps between neighbours), at half
+    the memory. Beyond memory: IVF-PQ + re-rank, memory-mapped (measured by bench/scale.py).
     """
     if n < FLAT_MAX:
         return "Flat", f"{n} < {FLAT_MAX} vectors: exact search"
+    share = f"{HNSW_MEMORY_SHARE:.0%}"
+    if mappable and n >= RABITQ_MIN:
+        need = rabitq_bytes(n, dim)
+        if available is None or need <= HNSW_MEMORY_SHARE * available:
+            room = "memory unknown" if available is None else f"{need / 1e9:.1f} GB <= {share} of {available / 1e9:.1f} GB available"
+            return f"IVF{ivf_lists(n)},RaBitQ", (f"{n} >= {RABITQ_MIN} vectors: IVF over 1-bit RaBitQ codes, "
+                                                 f"its file fits in the page cache ({room})")
     need = hnsw_bytes(n, dim)
     if available is None or need <= HNSW_MEMORY_SHARE * available:
-        room = "memory unknown" if available is None else f"{need / 1e9:.1f} GB <= {HNSW_MEMORY_SHARE:.0%} of {available / 1e9:.1f} GB available"
-        return HNSW_FACTORY, f"{n} vectors, HNSW over fp16 vectors fits in memory ({room})"
-    return ivf_pq_factory(n, dim), (f"HNSW would need {need / 1e9:.1f} GB > {HNSW_MEMORY_SHARE:.0%} of "
+        room = "memory unknown" if available is None else f"{need / 1e9:.1f} GB <= {share} of {available / 1e9:.1f} GB available"
+        why = "" if mappable or n < RABITQ_MIN else " (rows not numbered 0..n-1, or centred: no memory-mapped IVF)"
+        return HNSW_FACTORY, f"{n} vectors, HNSW over fp16 vectors fits in memory ({room}){why}"
+    return ivf_pq_factory(n, dim), (f"HNSW would need {need / 1e9:.1f} GB > {share} of "
                                     f"{available / 1e9:.1f} GB available: compressed, memory-mappable IVF-PQ")
 
 
@@ -115,7 +146,7 @@ def reranked(factory: str, reason: str) -> tuple[str, str]:
     """The automatic choice beyond HNSW gets exact re-ranking; other choices pass through."""
     if not factory.startswith("IVF"):
         return factory, reason
-    return factory + RERANK, f"{reason}; re-ranked with exact vectors (PQ alone tops out near recall 0.6 at 512-d)"
+    return factory + RERANK, f"{reason}; re-ranked with exact vectors (the codes alone top out near recall 0.6 at 512-d)"
 
 
 # -- making and searching ----------------------------------------------------------------------
@@ -138,20 +169,33 @@ def inner_index(index: faiss.Index) -> faiss.Index:
     return index
 
 
+def exact_rerank(index: faiss.Index) -> faiss.IndexFlat | None:
+    """The exact rows of the memory-mapped IVF + re-rank kind (position = catalog row), None for other kinds."""
+    if not isinstance(index, faiss.IndexRefine):
+        return None
+    flat = faiss.downcast_index(index.refine_index)
+    return flat if isinstance(flat, faiss.IndexFlat) else None
+
+
 def holds_exact_vectors(index: faiss.Index) -> bool:
-    """True when `reconstruct` returns the stored vectors exactly (Flat and HNSW-Flat storage)."""
+    """True when `reconstruct` returns the stored vectors exactly (Flat, HNSW-Flat, the re-rank's rows)."""
+    if exact_rerank(index) is not None:
+        return True
     inner = inner_index(index)
     return isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSWFlat)) and isinstance(index, faiss.IndexIDMap2)
 
 
 def flat_storage(index: faiss.Index) -> tuple[np.ndarray, faiss.Index] | None:
     """(the id at each position, the flat index holding the vectors) of an IDMap2 over Flat, HNSW-Flat or
-    HNSW over fp16; None for any other index.
+    HNSW over fp16, or of the IVF + exact re-rank kind (its exact rows); None for any other index.
 
     A filter's allowed rows are scored exactly by searching that flat index with a bitmap of their
     positions: 0.85 ms for 4,000 of 60,000 fp16 rows at 512-d, where IDMap2.reconstruct_batch looks
     ids up one by one (~3.7 us a row) and NumPy's fp16 -> fp32 conversion alone took 4.4 ms.
     """
+    rerank = exact_rerank(index)
+    if rerank is not None:
+        return np.arange(rerank.ntotal, dtype=np.int64), rerank
     if not isinstance(index, faiss.IndexIDMap2):
         return None
     inner = inner_index(index)
@@ -165,19 +209,22 @@ def flat_storage(index: faiss.Index) -> tuple[np.ndarray, faiss.Index] | None:
 def search_parameters(params: dict, k: int, selector=None, share: float = 1.0) -> faiss.SearchParameters | None:
     """Per-query FAISS parameters (no global state): the sidecar's efSearch/nprobe plus an id selector.
 
-    Under a filter that allows `share` of the rows, HNSW widens its beam by FILTERED_EF_FACTOR / share
-    (up to EF_FILTERED_MAX) so that about as many allowed candidates are compared as without a filter.
-    None when there is nothing to set (exact search, no filter).
+    Under a filter that allows `share` of the rows, HNSW widens its beam by FILTERED_EF_FACTOR / share (up
+    to EF_FILTERED_MAX) and IVF probes FILTERED_NPROBE_FACTOR / share times more lists (FAISS stops at
+    all of them), so that enough allowed candidates are compared to keep recall. None when there is nothing to set (exact
+    search, no filter).
     """
     if "efSearch" in params:
         ef = max(int(params["efSearch"]), k)
         wide = ef * (FILTERED_EF_FACTOR if share < 1 else 1) / share
         return faiss.SearchParametersHNSW(sel=selector, efSearch=int(min(wide, max(EF_FILTERED_MAX, ef))))
-    if "k_factor" in params:  # IVF-PQ re-ranked with exact vectors (index/large.py): nprobe and the selector
-        base = faiss.SearchParametersIVF(sel=selector, nprobe=int(params["nprobe"]))  # for the IVF part
-        return faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]), base_index_params=base)
     if "nprobe" in params:
-        return faiss.SearchParametersIVF(sel=selector, nprobe=int(params["nprobe"]))
+        wide = int(params["nprobe"]) * (FILTERED_NPROBE_FACTOR if share < 1 else 1) / share
+        ivf = faiss.SearchParametersIVF(sel=selector, nprobe=int(np.ceil(wide)))
+        if "k_factor" not in params:
+            return ivf
+        # IVF re-ranked with exact vectors (index/large.py): nprobe and the selector go to the IVF part
+        return faiss.IndexRefineSearchParameters(k_factor=float(params["k_factor"]), base_index_params=ivf)
     return None if selector is None else faiss.SearchParameters(sel=selector)
 
 

@@ -1,8 +1,9 @@
-"""Indexes beyond the in-RAM limit: IVF-PQ re-ranked with exact vectors, read memory-mapped.
+"""IVF re-ranked with exact vectors, read memory-mapped: the fastest kind from 100k vectors, and the one beyond RAM.
 
-When HNSW would not fit (factory.choose_factory), the automatic index becomes `IVF{K},PQ{m},RFlat`:
-- IVF{K},PQ{m} scans nprobe of K lists of m-byte codes. PQ alone at 512-d tops out near recall@10
-  0.6 (BENCHMARKING.md), so
+The automatic rule (factory.choose_factory) picks `IVF{K},RaBitQ,RFlat` from RABITQ_MIN vectors while
+its file fits in the page cache, and `IVF{K},PQ{m},RFlat` when HNSW would not fit in memory:
+- IVF{K},RaBitQ / IVF{K},PQ{m} scans nprobe of K lists of dim/8-byte 1-bit codes / m-byte PQ codes.
+  Either alone at 512-d tops out far below recall@10 0.95 (PQ near 0.6, BENCHMARKING.md), so
 - RFlat (faiss IndexRefineFlat) re-ranks its k x k_factor best candidates by exact inner product
   with the stored float32 vectors, which brings recall to the target.
 - The file is read with IO_FLAG_MMAP_IFC: the IVF lists and the exact vectors stay in the file,
@@ -14,7 +15,8 @@ When HNSW would not fit (factory.choose_factory), the automatic index becomes `I
   exact vectors (`write_refined`).
 - nprobe and k_factor are tuned on RECALL_QUERIES stored vectors held out of the training sample,
   each query's own row left out of its neighbours (the recall a new query sees): the fastest pair
-  measured that reaches the target is kept in the sidecar.
+  measured that reaches the target is kept in the sidecar, beside the curve it was chosen from
+  (`index --recall R` moves along it without a rebuild).
 - New rows are added without retraining: the IVF lists get their codes, the exact vectors are
   copied into a new file with the new rows after them.
 FAISS ids are catalog rows; the exact vectors sit at position = row, which holds because the store
@@ -41,7 +43,7 @@ from embedstore.store import Store
 # -- building ---------------------------------------------------------------------------------------
 def build_large(store: Store, encoder: str, target: str, factory: str, reason: str, rows: np.ndarray,
                 factory_given: bool, available: int | None, recall: float, progress: bool) -> dict:
-    """Train, fill, write, tune and describe an IVF-PQ + exact re-ranking index; returns the sidecar."""
+    """Train, fill, write, tune and describe an IVF + exact re-ranking index; returns the sidecar."""
     start = time.perf_counter()
     _check_dense(rows)
     dim = int(store.encoder_info(encoder)["dim"])
@@ -60,12 +62,12 @@ def build_large(store: Store, encoder: str, target: str, factory: str, reason: s
         exact = (vectors for _, vectors in _row_batches(store, encoder, target, rows, pbar))
         write_refined(index_path, base, exact, len(rows))
     index = read_mapped(index_path)
-    params, measured = tuning.tune_reranked(index, store, encoder, target, rows, queries, recall)
+    params, measured, curve = tuning.tune_reranked(index, store, encoder, target, rows, queries, recall)
     sidecar = {
         "encoder": encoder, "target": target, "factory": factory, "factory_given": factory_given, "choice": reason,
         "n": int(index.ntotal), "dim": dim, "metric": METRIC, "fingerprint": fingerprint,
         "last_row": int(rows.max()), "search_params": params, "recall_at_10": measured,
-        "recall_queries": len(queries), "recall_target": recall,
+        "recall_queries": len(queries), "recall_target": recall, "curve": curve,
         "recall_method": "stored vectors held out of training, own row excluded from the neighbours",
         "train_vectors": len(sample), "io_flags": "IO_FLAG_MMAP_IFC",
         "rerank": "exact inner product of the k x k_factor best PQ candidates (IndexRefineFlat)",

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -50,27 +51,50 @@ EF_ESTIMATE_K = 50  # neighbours behind the label estimate, whatever k shows (Ec
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
 
 
-@dataclass(slots=True)
 class Hit:
-    """One neighbour. With same_patient, one per patient: its best video and how many of its videos were near."""
+    """One neighbour. With same_patient, one per patient: its best video and how many of its videos were near.
 
-    rank: int
-    id: str
-    score: float
-    metadata: dict
-    count: int | None = None
+    `metadata` (its catalog row as a dict) is built when first read: a search that only wants ids and
+    scores (evaluations, benchmarks, the id lists of notebooks) never touches the catalog strings,
+    which cost ~3 us a hit once a search has swept them out of the CPU caches.
+    """
+
+    __slots__ = ("rank", "id", "score", "count", "_names", "_values", "_metadata")
+
+    def __init__(self, rank: int, id: str, score: float, names: tuple[str, ...], values: tuple,
+                 count: int | None = None):
+        self.rank, self.id, self.score, self.count = rank, id, score, count
+        self._names, self._values, self._metadata = names, values, None
+
+    @property
+    def metadata(self) -> dict:
+        if self._metadata is None:
+            self._metadata = dict(zip(self._names, self._values))
+        return self._metadata
+
+    def __repr__(self) -> str:
+        return f"Hit(rank={self.rank}, id={self.id!r}, score={self.score:.4f}, count={self.count})"
 
 
-@dataclass(slots=True)
+@dataclass
 class SearchResult:
-    """What every surface returns: hits, what the filter removed, provenance, timing, a kNN EF estimate."""
+    """What every surface returns: hits, what the filter removed, provenance, timing, a kNN EF estimate.
+
+    `ef_estimate` is worked out when first read (`estimate`, from the neighbours the search already
+    found when its beam was wide enough, else with a search of its own), so a caller that wants only
+    the hits does not pay for it; `took_ms` is the time to the hits.
+    """
 
     hits: list[Hit]
     filtered_out: int
     provenance: dict
     took_ms: float
-    ef_estimate: dict | None
+    estimate: Callable[[], dict | None] | None = field(default=None, repr=False)
     query: dict = field(default_factory=dict)
+
+    @cached_property
+    def ef_estimate(self) -> dict | None:
+        return None if self.estimate is None else self.estimate()
 
     def to_dict(self) -> dict:
         """JSON-ready; the REST service returns exactly this."""
@@ -346,7 +370,7 @@ class Searcher:
             hits = self._hits(score_row[valid], row_row[valid], None)
             excluded = exclude is not None and query["kind"] == "id"
             results.append(SearchResult(  # no label estimate: it needs a second, wider search per query (use search)
-                hits=hits, filtered_out=filtered_out, provenance=self.provenance, took_ms=took, ef_estimate=None,
+                hits=hits, filtered_out=filtered_out, provenance=self.provenance, took_ms=took,
                 query=self._query_record(query, k, len(hits), where, False, excluded)))
         return results
 
@@ -511,9 +535,17 @@ class Searcher:
         query = self._query_record(query, k, len(hits), where, same_patient, bool(len(exclude)))
         return SearchResult(
             hits=hits, filtered_out=0 if allowed is None else self.size - len(allowed), provenance=self.provenance,
-            took_ms=round((time.perf_counter() - start) * 1000, 3),
-            ef_estimate=self._ef_estimate(vector, allowed, left_out, wide), query=query,
+            took_ms=round((time.perf_counter() - start) * 1000, 3), query=query,
+            estimate=None if left_out is None else self._estimate_later(vector, allowed, left_out, wide),
         )
+
+    def _estimate_later(self, vector: np.ndarray, allowed: np.ndarray | None, left_out: tuple[np.ndarray, str],
+                        wide: np.ndarray | None) -> Callable[[], dict | None]:
+        """The label estimate as a call made when the result's ef_estimate is first read (the query vector is
+        copied when that call must search again: the caller may reuse its array meanwhile)."""
+        if wide is None:
+            vector = vector.copy()
+        return lambda: self._ef_estimate(vector, allowed, left_out, wide)
 
     def _query_record(self, query: dict, k: int, returned: int, where: str | None, same_patient: bool,
                       excluded: bool) -> dict:
@@ -669,9 +701,8 @@ class Searcher:
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, counts: list[int] | None) -> list[Hit]:
         names, ids, meta = self.columns, self.ids, self.meta
-        return [Hit(rank=i + 1, id=ids[p], score=score, metadata=dict(zip(names, meta[p])),
-                    count=None if counts is None else counts[i])
-                for i, (p, score) in enumerate(zip(self._position_list(rows), scores.tolist()))]
+        return [Hit(i, ids[p], score, names, meta[p], None if counts is None else counts[i - 1])
+                for i, (p, score) in enumerate(zip(self._position_list(rows), scores.tolist()), 1)]
 
     def _position_list(self, rows: np.ndarray) -> list[int]:
         """_positions for a few rows as Python ints: after a search has swept the caches, one NumPy

@@ -25,6 +25,7 @@ EF_SEARCH = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320
 NPROBE = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 K_FACTORS = (2, 4, 8, 16, 32, 64)  # re-ranking factors tried for IVF + exact re-ranking (index/large.py)
 CURVE_TOP = 0.999  # the recorded curve goes on past the target up to this recall, for `index --recall` later
+PLATEAU = 3  # a re-ranked sweep stops when recall rose by < 0.001 over this many more lists probed
 BATCH = 65_536  # stored vectors read at a time
 SEED = 0
 
@@ -84,37 +85,40 @@ def tune(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.n
 
 
 def tune_reranked(index: faiss.Index, store: Store, encoder: str, target: str, rows: np.ndarray,
-                  query_rows: np.ndarray, recall: float) -> tuple[dict, float]:
-    """The fastest (nprobe, k_factor) measured whose recall@10 on the held-out queries reaches `recall`.
+                  query_rows: np.ndarray, recall: float) -> tuple[dict, float, list[dict]]:
+    """(setting, its recall@10, the curve) for IVF + exact re-ranking: recall@10 on the held-out queries
+    and ms per query over nprobe for each k_factor; the fastest point reaching `recall` is kept.
 
-    Larger k_factors never need more probes, so each one searches nprobe only up to the last
-    success. When no pair reaches the target, the pair with the highest recall is kept.
+    Each k_factor's nprobe sweep stops at CURVE_TOP or when recall stops rising (the re-rank's
+    candidates, not the lists probed, limit it then), so `index --recall R` can move along the curve.
     """
     k = min(RECALL_K, len(rows) - 1)
     queries = store.vectors.read_rows(encoder, target, query_rows)
     truth = without_own(exact_neighbours(store, encoder, target, rows, queries, k + 1), query_rows, k)
-    best: tuple[float, dict, float] | None = None
-    highest: tuple[float, dict] = (-1.0, {})
-    probes = NPROBE
+    curve: list[dict] = []
     for k_factor in K_FACTORS:
-        for nprobe in probes:
+        measured: list[float] = []
+        for nprobe in NPROBE:
             params = {"nprobe": nprobe, "k_factor": k_factor}
             started = time.perf_counter()
             _, found = index.search(queries, k + 1, params=search_parameters(params, k + 1))
             seconds = time.perf_counter() - started
-            measured = round(recall_at(without_own(found, query_rows, k), truth), 4)
-            highest = max(highest, (measured, params), key=lambda pair: pair[0])
-            if measured >= recall:
-                if best is None or seconds < best[0]:
-                    best = (seconds, params, measured)
-                probes = probes[: probes.index(nprobe) + 1]
+            measured.append(round(recall_at(without_own(found, query_rows, k), truth), 4))
+            curve.append({**params, "recall_at_10": measured[-1], "ms_per_query": round(1000 * seconds / len(queries), 4)})
+            if measured[-1] >= CURVE_TOP or (len(measured) > PLATEAU and measured[-1] - measured[-1 - PLATEAU] < 0.001):
                 break
-    return (best[1], best[2]) if best else (highest[1], highest[0])
+    params, reached = setting_for(curve, recall)
+    return params, reached, curve
 
 
 def setting_for(curve: list[dict], recall_target: float) -> tuple[dict, float]:
-    """The first (smallest) point of a tuning curve reaching the target, else its highest-recall point."""
-    point = next((p for p in curve if p["recall_at_10"] >= recall_target), max(curve, key=lambda p: p["recall_at_10"]))
+    """The setting of a tuning curve for the target: the first (smallest) point reaching it along one knob,
+    the fastest point reaching it on a two-knob curve (nprobe x k_factor); else the highest-recall point."""
+    reaching = [p for p in curve if p["recall_at_10"] >= recall_target]
+    if not reaching:
+        point = max(curve, key=lambda p: p["recall_at_10"])
+    else:
+        point = min(reaching, key=lambda p: p["ms_per_query"]) if "k_factor" in curve[0] else reaching[0]
     return {k: v for k, v in point.items() if k not in ("recall_at_10", "ms_per_query")}, point["recall_at_10"]
 
 
