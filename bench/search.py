@@ -47,7 +47,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.vectors import LatentMixture  # noqa: E402
 from embedstore.index import Searcher, build_index  # noqa: E402
-from embedstore.index.factory import FLAT_MAX, search_parameters  # noqa: E402
+from embedstore.index.factory import FLAT_MAX, ivf_lists, search_parameters  # noqa: E402
 from embedstore.store import Store, open_store  # noqa: E402
 
 K = 10
@@ -336,7 +336,7 @@ def candidates(n: int, dim: int) -> list[str]:
     k x k_factor best candidates with the exact vectors (RFlat); IVF with 4-bit fast-scan PQ or RaBitQ
     (1 bit a dimension) scans compact codes in SIMD registers, then re-ranks the same way.
     """
-    nlist = int(min(max(2 ** round(np.log2(4 * np.sqrt(n))), 1024), 262_144))
+    nlist = ivf_lists(n)  # as the automatic rule sizes it
     return ["HNSW32", "HNSW32_SQ8,RFlat", "HNSW32_SQfp16", "HNSW32_SQfp16,RFlat",
              f"IVF{nlist},PQ{dim // 8}x4fs,RFlat", f"IVF{nlist},RaBitQ,RFlat", f"IVF{nlist},RaBitQfs,RFlat"]
 
