@@ -80,6 +80,26 @@ def test_selective_filter_on_hnsw_through_faiss_matches_exact_search(ro, monkeyp
     assert found / 200 >= 0.95, f"filtered HNSW recall@10 {found / 200:.3f}"
 
 
+@pytest.mark.parametrize("encoder, subset_max", [("toy", N), ("toy2", N), ("toy2", 0)])
+def test_filtered_id_query_leaves_itself_out_on_every_path_and_reuses_the_filters_bitmap(ro, monkeypatch, encoder,
+                                                                                         subset_max):
+    """The exact scan of the flat storage (Flat; HNSW's own vectors) and the id selector (HNSW): the query's
+    own row passes the filter but never comes back, also the second time, when the filter's bitmap is reused."""
+    monkeypatch.setattr(search_module, "EXACT_SUBSET_MAX", subset_max)
+    where = "split = 'TEST'"
+    allowed = sorted(allowed_ids(ro, where))
+    stored = ro.get_vectors(encoder, allowed)
+    searcher = Searcher(ro, encoder)
+    for query_id in ("v00002", "v00005", "v00002"):  # all three in TEST (i % 3 == 2)
+        assert query_id in allowed
+        query = stored[allowed.index(query_id)]
+        truth = [allowed[i] for i in np.argsort(-(stored @ query)) if allowed[i] != query_id][:10]
+        hits = searcher.search_id(query_id, k=10, where=where).hits
+        assert len(hits) == 10 and query_id not in {h.id for h in hits}
+        assert len({h.id for h in hits} & set(truth)) >= (10 if subset_max else 9)
+    assert len(searcher._bitmaps) == 1  # one bitmap for the filter, whatever the query left out
+
+
 def test_filter_leaving_fewer_than_k_returns_all_of_them(ro):
     where = "ef < 10.5"
     result = Searcher(ro, "toy2").search_id("v00000", k=50, where=where, exclude_self=False)
