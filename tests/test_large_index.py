@@ -85,8 +85,15 @@ def test_memory_mapped_file_answers_as_the_searcher_does(built):
     np.testing.assert_array_equal(lists_mapped.search(queries, 10, params=params)[1], found)
     searcher = Searcher(store, ENCODER)
     assert not faiss.downcast_index(searcher.index.refine_index).codes.is_owned
+    # a batch asks for 10 with the sidecar's re-rank; a single query also serves the 50-neighbour EF estimate
+    # from its search: 50 neighbours, the base handing over max(10 x k_factor, 50) candidates to re-rank
+    batch = [[int(h.id[1:]) for h in result.hits] for result in searcher.search_many(vectors=queries[:20], k=10)]
+    np.testing.assert_array_equal(batch, found[:20])
+    k_factor = side["search_params"]["k_factor"]
+    wide = factory.search_parameters({**side["search_params"], "k_factor": max(1.0, 10 * k_factor / 50)}, 50)
     rows = [[int(h.id[1:]) for h in searcher.search_vector(q, k=10).hits] for q in queries[:20]]
-    np.testing.assert_array_equal(rows, found[:20])
+    np.testing.assert_array_equal(rows, mapped.search(queries[:20], 50, params=wide)[1][:, :10])
+    assert recall_at(np.array(rows), truth[:20]) >= recall_at(found[:20], truth[:20])  # more candidates, never fewer
     filtered = searcher.search_vector(queries[0], k=10, where="split = 'TEST'")
     assert len(filtered.hits) == 10 and {h.metadata["split"] for h in filtered.hits} == {"TEST"}
     store.close()
@@ -164,3 +171,20 @@ def test_rabitq_searcher_reads_ids_from_the_file_and_keeps_filtered_recall(rabit
         assert all(len(f) == 10 for f in found)
         assert recall_at(np.array(found), test_rows[truth]) >= (1.0 if subset_max > len(test_rows) else 0.95)
     store.close()
+
+
+def test_rabitq_hits_and_ef_estimate_come_from_one_search(rabitq):
+    from tests.test_search import CountingIndex
+
+    path, vectors, side = rabitq
+    with open_store(path, read_only=True) as store:
+        searcher = Searcher(store, ENCODER)
+        searcher.index = counting = CountingIndex(searcher.index)
+        result = searcher.search_vector(vectors[123] * 2, k=10)
+        estimate = result.ef_estimate
+        assert counting.searches == 1 and estimate["n"] == 50 and estimate["k"] == 50
+        # the 50 neighbours of one search for 50 whose base hands over max(10 x k_factor, 50) candidates
+        params = {**side["search_params"], "k_factor": max(1.0, 10 * side["search_params"]["k_factor"] / 50)}
+        rows = counting.inner.search(vectors[123:124], 50, params=factory.search_parameters(params, 50))[1][0]
+        efs = [v["ef"] for v in store.videos([f"v{r:07d}" for r in rows])]
+        assert estimate["mean"] == round(float(np.mean(efs)), 2)

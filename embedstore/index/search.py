@@ -215,7 +215,7 @@ class Searcher:
         self.size = int(self.index.ntotal)
         self._dense = self.size == 0 or int(self.rows[-1] - self.rows[0]) == self.size - 1  # rows first..last, no gaps
         self.exact_storage = holds_exact_vectors(self.index)
-        self._plain_params: dict[int, faiss.SearchParameters | None] = {}
+        self._plain_params: dict[tuple[int, float | None], faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder.of(store, encoder, info)
         self.provenance = _provenance(info, self.sidecar)
         self.centre = sidecar_centre(self.sidecar)  # a centred index: every query loses the same mean
@@ -480,9 +480,7 @@ class Searcher:
             rows = np.where(positions >= 0, self.rows[np.maximum(positions, 0)], -1)
         elif allowed is None:
             n = min(k + extra, self.size)
-            if n not in self._plain_params:
-                self._plain_params[n] = search_parameters(self.sidecar["search_params"], n)
-            scores, rows = self.index.search(queries, n, params=self._plain_params[n])
+            scores, rows = self.index.search(queries, n, params=self._unfiltered_params(n))
         elif len(allowed) <= EXACT_SUBSET_MAX:
             scores, rows = self._exact_many(queries, allowed, min(k + extra, len(allowed)))
         else:
@@ -546,11 +544,11 @@ class Searcher:
         wide = None
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
-        elif n_wide is None or not self._same_beam(n_wide):
+        elif n_wide is None or (rerank := self._wide_rerank(k + len(exclude), n_wide)) is False:
             scores, rows = self._neighbours(vector, k, allowed, exclude)
             counts = None
         else:  # one search serves the hits and the label estimate: enough rows for both after their exclusions
-            wide_scores, wide = self._neighbours(vector, n_wide, allowed, NO_ROWS)
+            wide_scores, wide = self._neighbours(vector, n_wide, allowed, NO_ROWS, rerank)
             if len(exclude):
                 keep = _kept(wide, exclude)
                 scores, rows = wide_scores[keep][:k], wide[keep][:k]
@@ -583,13 +581,21 @@ class Searcher:
                              f"{' besides the query' if excluded else ''}; returned them all")
         return query
 
-    def _same_beam(self, n: int) -> bool:
-        """True when asking the index for n neighbours finds the same first ones as asking for fewer, so one
-        search can serve the hits and the label estimate: exact search, IVF (k does not change the lists
-        probed), HNSW whose efSearch is already >= n. Otherwise the hits come from a search of their own
-        (the same as search_many's) and the estimate from another."""
+    def _wide_rerank(self, k: int, n: int) -> float | None | bool:
+        """Whether one search for n neighbours can serve the hits (the first k) and the label estimate, finding
+        the first k as a search for k would, or better: False when it cannot, else the re-rank factor for
+        it (None: the index's own).
+
+        Exact search and IVF (n does not change the lists probed): yes. HNSW: when efSearch is already
+        >= n (the same beam). IVF + exact re-rank: yes, with k_factor scaled to k x k_factor / n (at least
+        1), so the base index hands over at least the k x k_factor candidates a search for k would
+        re-rank (at 1M, 50 rows instead of 40), all re-ranked exactly. Otherwise the hits come from a
+        search of their own (the same as search_many's) and the estimate, when read, from another.
+        """
         params = self.sidecar["search_params"]
-        return "k_factor" not in params and int(params.get("efSearch", n)) >= n
+        if "k_factor" in params:
+            return max(1.0, k * float(params["k_factor"]) / n)
+        return None if int(params.get("efSearch", n)) >= n else False
 
     def _estimate_left_out(self, query_id: str | None) -> tuple[np.ndarray, str] | None:
         """(rows the label estimate leaves out, what they are), or None when there is no estimate to make
@@ -653,8 +659,8 @@ class Searcher:
             return NO_ROWS
         return np.array(sorted(self._row_of_id[i] for i in ids if i in self._row_of_id), dtype=np.int64)
 
-    def _neighbours(self, vector: np.ndarray, n: int, allowed: np.ndarray | None,
-                    exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _neighbours(self, vector: np.ndarray, n: int, allowed: np.ndarray | None, exclude: np.ndarray,
+                    rerank: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-n (scores, rows) among allowed rows (all when None) minus excluded ones, best first.
 
         A filter goes to FAISS as an id selector; when it leaves few rows, or the approximate
@@ -664,7 +670,7 @@ class Searcher:
         if n <= 0:
             return np.zeros(0, np.float32), NO_ROWS
         if allowed is None:
-            scores, rows = self._faiss(vector, min(n + len(exclude), self.size))
+            scores, rows = self._faiss(vector, min(n + len(exclude), self.size), rerank=rerank)
             if len(exclude):
                 keep = _kept(rows, exclude)
                 scores, rows = scores[keep], rows[keep]
@@ -675,21 +681,32 @@ class Searcher:
             return self._exact(vector, allowed, n, exclude)
         bitmap = self._bitmap(allowed, exclude, storage=False)
         selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-        scores, rows = self._faiss(vector, n, selector, share=left / self.size)
+        scores, rows = self._faiss(vector, n, selector, share=left / self.size, rerank=rerank)
         return (scores, rows) if len(rows) >= n else self._exact(vector, allowed, n, exclude)
 
-    def _faiss(self, vector: np.ndarray, n: int, selector=None, share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        if selector is None:  # unfiltered parameters are immutable per n: build them once
-            if n not in self._plain_params:
-                self._plain_params[n] = search_parameters(self.sidecar["search_params"], n)
-            params = self._plain_params[n]
+    def _faiss(self, vector: np.ndarray, n: int, selector=None, share: float = 1.0,
+               rerank: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n (scores, rows) from the index; `rerank` replaces the sidecar's k_factor."""
+        if selector is None:
+            params = self._unfiltered_params(n, rerank)
         else:
-            params = search_parameters(self.sidecar["search_params"], n, selector, share)
+            params = search_parameters(self._setting(rerank), n, selector, share)
         scores, rows = self.index.search(vector, n, params=params)
         if rows[0, -1] >= 0:  # FAISS pads missing results with -1 at the end
             return scores[0], rows[0]
         valid = rows[0] >= 0
         return scores[0][valid], rows[0][valid]
+
+    def _unfiltered_params(self, n: int, rerank: float | None = None) -> faiss.SearchParameters | None:
+        """Unfiltered parameters are immutable per (n, re-rank factor): built once."""
+        key = (n, rerank)
+        if key not in self._plain_params:
+            self._plain_params[key] = search_parameters(self._setting(rerank), n)
+        return self._plain_params[key]
+
+    def _setting(self, rerank: float | None) -> dict:
+        params = self.sidecar["search_params"]
+        return params if rerank is None else {**params, "k_factor": rerank}
 
     def _exact(self, vector: np.ndarray, rows: np.ndarray, n: int,
                exclude: np.ndarray = NO_ROWS) -> tuple[np.ndarray, np.ndarray]:
