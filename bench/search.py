@@ -125,7 +125,7 @@ def single(methods: list[tuple[Row, Callable[[np.ndarray], np.ndarray]]], querie
     The methods take turns in blocks of BLOCK queries, so a noisy moment on the shared machine hits them
     alike. The order rotates block by block, so each method runs a block first (on caches that have not
     seen its queries yet) as often as any other: with a fixed middle place, raw faiss ran 1.31x faster
-    than the Searcher at 1M where they differed by 1.16x paired. Slow methods stop after SINGLE_BUDGET_S.
+    than the Searcher at 1M where the two alone, block by block, differed by 1.16x. Slow methods stop after SINGLE_BUDGET_S.
     """
     found: list[list[np.ndarray]] = [[] for _ in methods]
     lat: list[list[float]] = [[] for _ in methods]
