@@ -14,9 +14,9 @@ its file fits in the page cache, and `IVF{K},PQ{m},RFlat` when HNSW would not fi
   by batch from Store.iter_vectors; a second pass streams the same batches into the file as the
   exact vectors (`write_refined`).
 - nprobe and k_factor are tuned on RECALL_QUERIES stored vectors held out of the training sample,
-  each query's own row left out of its neighbours (the recall a new query sees): the fewest lists,
-  then the smallest k_factor, that reach the target are kept in the sidecar, beside the curve it was chosen from
-  (`index --recall R` moves along it without a rebuild).
+  each query's own row left out of its neighbours (the recall a new query sees): the pair that
+  reaches the target reading the fewest bytes a query (tuning.setting_for) is kept in the sidecar,
+  beside the curve it was chosen from (`index --recall R` moves along it without a rebuild).
 - New rows are added without retraining: the IVF lists get their codes, the exact vectors are
   copied into a new file with the new rows after them.
 FAISS ids are catalog rows; the exact vectors sit at position = row, which holds because the store
