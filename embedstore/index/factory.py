@@ -110,9 +110,10 @@ def choose_factory(n: int, dim: int, available: int | None, mappable: bool = Tru
         IVF1024,RaBitQ,RFlat 0.70 / 215 / 5.4   IVF1024,RaBitQfs,RFlat 0.71 / 216 / 5.1
       200k, 400 centres (load ~6):    HNSW32_SQfp16 1.12 / 259 / 22.5   HNSW32 1.44 / 464 / 22.5
         hnswlib 1.36 / 465 / 22.6   HNSW32_SQ8,RFlat 1.01 / 566 / 19.0   IVF2048,RaBitQfs,RFlat 0.97 / 432 / 20.6
-      1M, 2,000 centres (load 2-4), single queries/s / index MB / build s:  HNSW32_SQfp16 2,486 / 1,296 / 157
-        hnswlib 2,293 / 2,324 / 149   IVF4096,RaBitQ,RFlat 6,023 / 2,136 / 111 (p99 0.39 ms)
-        IVF4096,RaBitQfs,RFlat 5,190   IVF4096,PQ64x4fs,RFlat 1,229 (p99 9.4 ms)
+      1M, 2,000 centres (load ~1.9, 2026-11-29), single queries/s / index MB / build s:
+        HNSW32_SQfp16 2,815 / 1,296 / 108   hnswlib 3,553 / 2,324 / 102   IVF4096,RaBitQ,RFlat 6,670 / 2,136 / 95
+        (in RAM; memory-mapped as built here 6,001, through the Searcher 4,036)   IVF4096,RaBitQfs,RFlat 6,423
+        IVF4096,PQ64x4fs,RFlat 4,554   usearch i8 + re-rank 1,212
     (usearch i8 alone never reached 0.95: 0.91 at expansion_search 512.) The 1-bit codes (64 bytes at
     512-d) are scanned in a few lists and only k x k_factor (4) exact rows are read; the graph reads
     ~efSearch x 32 fp16 vectors scattered over memory. fp16 keeps HNSW-Flat's recall at the same

@@ -26,6 +26,7 @@ from embedstore.index import exact
 from embedstore.index.build import load_index, sidecar_centre
 from embedstore.index.factory import flat_storage, holds_exact_vectors, search_parameters
 from embedstore.index.files import build_command
+from embedstore.index.tuning import SEARCH_CANDIDATES_MIN
 from embedstore.index.centring import centre
 from embedstore.store import Store, normalise
 from embedstore.store.expressions import FILTER_TIMEOUT_S, allowed_rows
@@ -47,7 +48,7 @@ GPU_BATCH_MIN = 64  # queries in a batch before an exact batch search goes to th
 # 8,000 rows 1.2 / 6.8, 16,000 2.4 / 2.7, 32,000 4.5 / 1.5 (the exact scan grows with the rows, the
 # selector's beam with 1 / share)
 EXACT_SUBSET_MAX = 16_384
-EF_ESTIMATE_K = 50  # neighbours behind the label estimate, whatever k shows (EchoPrime's k)
+EF_ESTIMATE_K = SEARCH_CANDIDATES_MIN  # 50 neighbours behind the label estimate, whatever k shows (EchoPrime's k)
 REPRODUCE_MIN_COSINE = 0.99  # a rebuilt random-init encoder must give back a stored vector this closely
 
 

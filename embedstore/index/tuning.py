@@ -25,6 +25,9 @@ EF_SEARCH = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320
 NPROBE = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 K_FACTORS = (2, 4, 8, 16, 32, 64)  # re-ranking factors tried for IVF + exact re-ranking (index/large.py)
 CURVE_TOP = 0.999  # the recorded curve goes on past the target up to this recall, for `index --recall` later
+# a single search re-ranks at least this many candidates: the Searcher's hits and its EF estimate's 50
+# neighbours come from one search (index/search.py, EF_ESTIMATE_K)
+SEARCH_CANDIDATES_MIN = 50
 PLATEAU = 3  # a re-ranked sweep stops when recall rose by < 0.001 over this many more lists probed
 BATCH = 65_536  # stored vectors read at a time
 SEED = 0
@@ -108,7 +111,8 @@ def tune_reranked(index: faiss.Index, store: Store, encoder: str, target: str, r
             seconds = time.perf_counter() - started
             measured.append(round(recall_at(without_own(found, query_rows, k), truth), 4))
             curve.append({**params, "recall_at_10": measured[-1], "ms_per_query": round(1000 * seconds / len(queries), 4),
-                          "bytes_per_query": int(nprobe * list_bytes + RECALL_K * k_factor * row_bytes)})
+                          "bytes_per_query": int(nprobe * list_bytes
+                                                 + max(RECALL_K * k_factor, SEARCH_CANDIDATES_MIN) * row_bytes)})
             if measured[-1] >= CURVE_TOP or (len(measured) > PLATEAU and measured[-1] - measured[-1 - PLATEAU] < 0.001):
                 break
     params, reached = setting_for(curve, recall)
@@ -121,9 +125,11 @@ def setting_for(curve: list[dict], recall_target: float) -> tuple[dict, float]:
 
     Bytes, not the measured time: batch timings of neighbouring points differ by less than their noise
     (at 1M the first points also paged the memory-mapped rows in: nprobe 3 timed 0.042 ms a query,
-    nprobe 2 0.065). nprobe lists of n / nlist codes plus k x k_factor exact rows: at 1M x 512
-    (244 codes of 72 B a list, 2 KB rows) nprobe 3 / k_factor 2 reads 94 KB, nprobe 2 / k_factor 4
-    117 KB, and single queries ran 0.141 vs 0.160 ms in that order (bench/search.py, same recall).
+    nprobe 2 0.065). nprobe lists of n / nlist codes, plus the exact rows re-ranked: max(k x k_factor,
+    SEARCH_CANDIDATES_MIN), as the Searcher's single queries re-rank. At 1M x 512 (244 codes of 72 B a
+    list, 2 KB rows) nprobe 2 / k_factor 4 reads 137 KB, nprobe 3 / k_factor 2 155 KB; through the
+    Searcher they ran 0.198 and 0.209 ms p50 (raw faiss at k=10, 40 vs 20 rows: 0.160 and 0.159 ms;
+    bench/search.py, 2026-11-29).
     """
     reaching = [p for p in curve if p["recall_at_10"] >= recall_target]
     if not reaching:
