@@ -1,4 +1,4 @@
-"""Audit benchmark: `embedstore audit` time at scale with an HNSW index, and recall of its near-duplicate pairs
+"""Audit benchmark: `embedstore audit` time at scale on the automatic index, and recall of its near-duplicate pairs
 against an exact pass (every pair above the same threshold, faiss range search) on a subset.
 
     .venv/bin/python bench/audit.py                          # 1,000,000 x 512, recall on the first 50,000
@@ -58,9 +58,9 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--dup-share", type=float, default=0.01)
-    parser.add_argument("--factory", default="HNSW32")
+    parser.add_argument("--factory", default=None, help="FAISS factory string (default: build_index's automatic choice)")
     args = parser.parse_args()
-    print(f"# bench/audit.py: n {args.n:,} x {args.dim}, {args.factory}, subset {args.subset:,}, "
+    print(f"# bench/audit.py: n {args.n:,} x {args.dim}, {args.factory or 'automatic index'}, subset {args.subset:,}, "
           f"{os.cpu_count()} cores, faiss threads {faiss.omp_get_max_threads()}, load {os.getloadavg()[0]:.2f}")
     vectors, planted = vectors_with_copies(args.n, args.dim, args.dup_share)
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
@@ -90,7 +90,7 @@ def main() -> None:
     print(f"near-duplicate recall on the first {args.subset:,} rows: {recall:.4f} "
           f"({len(found & truth):,} of {len(truth):,}; {len(found - truth)} found that the exact pass has not)")
     scale = 1_000_000 / args.n
-    print(f"linear extrapolation to 1M (HNSW search and build grow a little faster than n): audit "
+    print(f"linear extrapolation to 1M (index search and build grow a little faster than n): audit "
           f"~{audit_s * scale / 60:.1f} min, build ~{build_s * scale / 60:.1f} min")
 
 
