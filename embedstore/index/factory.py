@@ -122,20 +122,25 @@ def choose_factory(n: int, dim: int, available: int | None, mappable: bool = Tru
     """
     if n < FLAT_MAX:
         return "Flat", f"{n} < {FLAT_MAX} vectors: exact search"
-    share = f"{HNSW_MEMORY_SHARE:.0%}"
-    if mappable and n >= RABITQ_MIN:
-        need = rabitq_bytes(n, dim)
-        if available is None or need <= HNSW_MEMORY_SHARE * available:
-            room = "memory unknown" if available is None else f"{need / 1e9:.1f} GB <= {share} of {available / 1e9:.1f} GB available"
-            return f"IVF{ivf_lists(n)},RaBitQ", (f"{n} >= {RABITQ_MIN} vectors: IVF over 1-bit RaBitQ codes, "
-                                                 f"its file fits in the page cache ({room})")
+    if mappable and n >= RABITQ_MIN and _fits(rabitq_bytes(n, dim), available):
+        return f"IVF{ivf_lists(n)},RaBitQ", (f"{n} >= {RABITQ_MIN} vectors: IVF over 1-bit RaBitQ codes, its file "
+                                             f"fits in the page cache ({_room(rabitq_bytes(n, dim), available)})")
     need = hnsw_bytes(n, dim)
-    if available is None or need <= HNSW_MEMORY_SHARE * available:
-        room = "memory unknown" if available is None else f"{need / 1e9:.1f} GB <= {share} of {available / 1e9:.1f} GB available"
+    if _fits(need, available):
         why = "" if mappable or n < RABITQ_MIN else " (rows not numbered 0..n-1, or centred: no memory-mapped IVF)"
-        return HNSW_FACTORY, f"{n} vectors, HNSW over fp16 vectors fits in memory ({room}){why}"
-    return ivf_pq_factory(n, dim), (f"HNSW would need {need / 1e9:.1f} GB > {share} of "
+        return HNSW_FACTORY, f"{n} vectors, HNSW over fp16 vectors fits in memory ({_room(need, available)}){why}"
+    return ivf_pq_factory(n, dim), (f"HNSW would need {need / 1e9:.1f} GB > {HNSW_MEMORY_SHARE:.0%} of "
                                     f"{available / 1e9:.1f} GB available: compressed, memory-mappable IVF-PQ")
+
+
+def _fits(need: int, available: int | None) -> bool:
+    return available is None or need <= HNSW_MEMORY_SHARE * available
+
+
+def _room(need: int, available: int | None) -> str:
+    if available is None:
+        return "memory unknown"
+    return f"{need / 1e9:.1f} GB <= {HNSW_MEMORY_SHARE:.0%} of {available / 1e9:.1f} GB available"
 
 
 def is_large(factory: str) -> bool:

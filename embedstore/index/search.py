@@ -404,7 +404,7 @@ class Searcher:
     @cached_property
     def _storage(self) -> tuple[np.ndarray, np.ndarray, faiss.Index] | None:
         """(id at each position, position of each row, the flat index of the vectors) when the index keeps its
-        vectors flat, exactly or as fp16 copies (factory.flat_storage; fp16 cosines are within ~1e-4)."""
+        vectors flat: exactly, as fp16 copies (cosines within ~1e-4) or as the re-rank's rows (factory.flat_storage)."""
         found = flat_storage(self.index)
         if found is None:
             return None
@@ -545,10 +545,11 @@ class Searcher:
         wide = None
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
-        elif n_wide is None or (rerank := self._wide_rerank(k + len(exclude), n_wide)) is False:
+        elif n_wide is None or not self._one_search_serves(n_wide):
             scores, rows = self._neighbours(vector, k, allowed, exclude)
             counts = None
         else:  # one search serves the hits and the label estimate: enough rows for both after their exclusions
+            rerank = self._wide_rerank(k + len(exclude), n_wide)
             wide_scores, wide = self._neighbours(vector, n_wide, allowed, NO_ROWS, rerank)
             if len(exclude):
                 keep = _kept(wide, exclude)
@@ -582,21 +583,21 @@ class Searcher:
                              f"{' besides the query' if excluded else ''}; returned them all")
         return query
 
-    def _wide_rerank(self, k: int, n: int) -> float | None | bool:
-        """Whether one search for n neighbours can serve the hits (the first k) and the label estimate, finding
-        the first k as a search for k would, or better: False when it cannot, else the re-rank factor for
-        it (None: the index's own).
-
-        Exact search and IVF (n does not change the lists probed): yes. HNSW: when efSearch is already
-        >= n (the same beam). IVF + exact re-rank: yes, with k_factor scaled to k x k_factor / n (at least
-        1), so the base index hands over at least the k x k_factor candidates a search for k would
-        re-rank (at 1M, 50 rows instead of 40), all re-ranked exactly. Otherwise the hits come from a
-        search of their own (the same as search_many's) and the estimate, when read, from another.
-        """
+    def _one_search_serves(self, n: int) -> bool:
+        """True when one search for n neighbours can serve the hits and the label estimate, finding the first
+        k as a search for k would, or better: exact search and IVF (n does not change the lists probed),
+        HNSW whose efSearch is already >= n (the same beam), IVF + exact re-rank (with `_wide_rerank`).
+        Otherwise the hits come from a search of their own (the same as search_many's) and the estimate,
+        when read, from another."""
         params = self.sidecar["search_params"]
-        if "k_factor" in params:
-            return max(1.0, k * float(params["k_factor"]) / n)
-        return None if int(params.get("efSearch", n)) >= n else False
+        return "k_factor" in params or int(params.get("efSearch", n)) >= n
+
+    def _wide_rerank(self, k: int, n: int) -> float | None:
+        """The re-rank factor of that one search for n (None: the index's own). IVF + exact re-rank: k_factor
+        scaled to k x k_factor / n (at least 1), so the base index hands over at least the k x k_factor
+        candidates a search for k would re-rank (at 1M, 50 rows instead of 40), all re-ranked exactly."""
+        params = self.sidecar["search_params"]
+        return max(1.0, k * float(params["k_factor"]) / n) if "k_factor" in params else None
 
     def _estimate_left_out(self, query_id: str | None) -> tuple[np.ndarray, str] | None:
         """(rows the label estimate leaves out, what they are), or None when there is no estimate to make
