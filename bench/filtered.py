@@ -48,9 +48,9 @@ def measure(searcher: Searcher, data: np.ndarray, queries: np.ndarray, m: int) -
     found, full, ms = [], 0, []
     for q in queries:
         t = time.perf_counter()
-        hits = searcher.search_vector(q, k=K, where=where).hits
+        found_ids = searcher.search_vector(q, k=K, where=where).ids
         ms.append((time.perf_counter() - t) * 1000)
-        ids = [int(h.id[1:]) for h in hits]
+        ids = [int(i[1:]) for i in found_ids]
         full += len(ids) == min(K, m)
         found.append(ids)
     recall = float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))

@@ -7,8 +7,10 @@ Data: embedding-like unit vectors (bench/vectors.py: 2,000 centres in a 48-d lat
 512-d); queries are fresh draws from the same mixture. Ground truth: exact inner product (faiss
 IndexFlatIP). The store is written in bulk (see `bulk_store`), indexed by `build_index` with its
 automatic choice (Flat below 50k, HNSW32 over fp16 vectors from 50k, IVF-RaBitQ + re-rank from 100k), and searched through
-`Searcher.search_vector` (its hits' ids; "whole result" also builds every hit's metadata and the EF estimate,
-as the CLI and REST do); "raw faiss" calls `index.search` on the very same index object.
+`Searcher.search_vector` (the result's ids; "whole result" is a Searcher made `with_estimate`, as the CLI and
+REST make theirs, whose results are also turned into what they return: every hit's metadata and the EF
+estimate); "raw faiss" calls `index.search` on the very same index object. Ids are turned into row numbers
+for recall after the clock stops.
 
 Single queries (latency p50/p99, q/s) run with ONE thread pinned everywhere (faiss, torch, BLAS via
 threadpoolctl, hnswlib, usearch). Batch throughput is given at 1 thread and at all cores.
@@ -142,9 +144,14 @@ def single(methods: list[tuple[Row, Callable[[np.ndarray], np.ndarray]]], querie
         row.latencies = ms
         row.p50_ms, row.p99_ms = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
         row.single_qps = 1000 / float(np.mean(ms))
-        row.recall = recall(np.array(f), truth[: len(f)])
+        row.recall = recall(np.array([as_rows(answer) for answer in f]), truth[: len(f)])
         if len(ms) < len(queries):
             row.note = f"single: {len(ms)} queries (time budget)"
+
+
+def as_rows(answer) -> np.ndarray:
+    """Row numbers of one answer: the Searcher's ids ("v0000123") or a library's labels as they are."""
+    return np.array([int(i[1:]) for i in answer]) if isinstance(answer, list) else answer
 
 
 def single_beside(row: Row, search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, truth: np.ndarray,
@@ -214,13 +221,19 @@ def run_size(n: int, n_queries: int, dim: int, workdir: Path, cores: int, libs: 
                   note=f"{side['factory']} {side['search_params'] or ''}".strip())
         index, params = searcher.index, search_parameters(side["search_params"], K)  # the sidecar's setting
         raw = Row("raw faiss (same index)", index_mb=lib.index_mb, build_s=lib.build_s, note=lib.note)
-        # what the CLI and REST build: every hit's metadata and the neighbours' EF estimate (read lazily above)
+        # what the CLI and REST return: a Searcher made with_estimate, every hit's metadata and the EF estimate
         whole = Row("Searcher, whole result (metadata, EF estimate)", index_mb=lib.index_mb, build_s=lib.build_s,
                     note=lib.note)
-        single([(lib, lambda q: np.array([int(h.id[1:]) for h in searcher.search_vector(q, k=K).hits])),
+        eager = Searcher(store, ENCODER, with_estimate=True)
+
+        def whole_result(q: np.ndarray) -> list[str]:
+            result = eager.search_vector(q, k=K)
+            result.to_dict()
+            return result.ids
+
+        single([(lib, lambda q: searcher.search_vector(q, k=K).ids),
                 (raw, lambda q: index.search(q[None], K, params=params)[1][0]),
-                (whole, lambda q: np.array([int(h["id"][1:]) for h in searcher.search_vector(q, k=K).to_dict()["hits"]]))],
-               queries, truth)
+                (whole, whole_result)], queries, truth)
         lib.vs_raw, raw.vs_raw, whole.vs_raw = lib.p50_ms / raw.p50_ms, 1.0, whole.p50_ms / raw.p50_ms
         rows += [lib, raw, whole]
         log(f"[{n}] searcher p50 {lib.p50_ms:.3f} ms, raw faiss p50 {raw.p50_ms:.3f} ms")
@@ -483,7 +496,7 @@ def main() -> None:
     print("Single queries: 1 thread pinned (faiss.omp_set_num_threads(1), torch.set_num_threads(1), BLAS via "
           f"threadpoolctl, hnswlib/usearch threads=1). Batch: one call with all queries (brute force: "
           f"{4 * BRUTE_BATCH} queries in chunks of {BRUTE_BATCH}) at 1 thread and at {cores} threads. "
-          "The Searcher's batch is `search_many` (one FAISS call; hits with metadata, no label estimate).\n")
+          "The Searcher's batch is `search_many` (one FAISS call; ids and scores, hits built when read, no label estimate).\n")
     try:
         for n in (int(s) for s in args.sizes.split(",")):
             rows, side = run_size(n, args.queries, args.dim, workdir, cores, set(filter(None, args.libs.split(","))),

@@ -271,7 +271,7 @@ def search_cmd(
     from embedstore.store import open_store
 
     with open_store(store, read_only=True) as st:
-        result = Searcher(st, encoder, target).search(
+        result = Searcher(st, encoder, target, with_estimate=True).search(
             video=video, id=id_, text=text, report=report, vector=read_vector_file(vector) if vector else None,
             study=study, section=section, k=k, where=where, exclude_self=exclude_self, same_patient=same_patient)
     if result.provenance["random_init"]:

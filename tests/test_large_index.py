@@ -85,13 +85,16 @@ def test_memory_mapped_file_answers_as_the_searcher_does(built):
     np.testing.assert_array_equal(lists_mapped.search(queries, 10, params=params)[1], found)
     searcher = Searcher(store, ENCODER)
     assert not faiss.downcast_index(searcher.index.refine_index).codes.is_owned
-    # a batch asks for 10 with the sidecar's re-rank; a single query also serves the 50-neighbour EF estimate
-    # from its search: 50 neighbours, the base handing over max(10 x k_factor, 50) candidates to re-rank
-    batch = [[int(h.id[1:]) for h in result.hits] for result in searcher.search_many(vectors=queries[:20], k=10)]
-    np.testing.assert_array_equal(batch, found[:20])
+    # a batch and a single query ask for 10 with the sidecar's re-rank: the raw index's answers, as ids
+    batch = [result.ids for result in searcher.search_many(vectors=queries[:20], k=10)]
+    single = [searcher.search_vector(q, k=10).ids for q in queries[:20]]
+    assert batch == single == [[f"v{r:07d}" for r in row] for row in found[:20].tolist()]
+    # a Searcher whose results carry the EF estimate serves it from the hits' search: 50 neighbours, the base
+    # handing over max(10 x k_factor, 50) candidates to re-rank
     k_factor = side["search_params"]["k_factor"]
     wide = factory.search_parameters({**side["search_params"], "k_factor": max(1.0, 10 * k_factor / 50)}, 50)
-    rows = [[int(h.id[1:]) for h in searcher.search_vector(q, k=10).hits] for q in queries[:20]]
+    eager = Searcher(store, ENCODER, with_estimate=True)
+    rows = [[int(h.id[1:]) for h in eager.search_vector(q, k=10).hits] for q in queries[:20]]
     np.testing.assert_array_equal(rows, mapped.search(queries[:20], 50, params=wide)[1][:, :10])
     assert recall_at(np.array(rows), truth[:20]) >= recall_at(found[:20], truth[:20])  # more candidates, never fewer
     filtered = searcher.search_vector(queries[0], k=10, where="split = 'TEST'")
@@ -181,7 +184,7 @@ def test_rabitq_hits_and_ef_estimate_come_from_one_search(rabitq):
 
     path, vectors, side = rabitq
     with open_store(path, read_only=True) as store:
-        searcher = Searcher(store, ENCODER)
+        searcher = Searcher(store, ENCODER, with_estimate=True)
         searcher.index = counting = CountingIndex(searcher.index)
         result = searcher.search_vector(vectors[123] * 2, k=10)
         estimate = result.ef_estimate

@@ -177,10 +177,11 @@ class CountingIndex:
         return getattr(self.inner, name)
 
 
-@pytest.mark.parametrize("encoder, ef_search, searches", [("toy", None, (1, 1)), ("toy2", 16, (1, 2)),
-                                                         ("toy2", 64, (1, 1))])
-def test_ef_estimate_is_worked_out_when_read(ro, encoder, ef_search, searches):
-    searcher = Searcher(ro, encoder)
+@pytest.mark.parametrize("encoder, ef_search, with_estimate, searches", [
+    ("toy", None, True, (1, 1)), ("toy2", 16, True, (1, 2)), ("toy2", 64, True, (1, 1)),  # one search when it can serve both
+    ("toy", None, False, (1, 2)), ("toy2", 64, False, (1, 2))])  # the hits' search asks for k only
+def test_ef_estimate_is_worked_out_when_read(ro, encoder, ef_search, with_estimate, searches):
+    searcher = Searcher(ro, encoder, with_estimate=with_estimate)
     if ef_search is not None:  # below the estimate's 50 neighbours the hits' search cannot serve it
         searcher.sidecar["search_params"]["efSearch"] = ef_search
     searcher.index = counting = CountingIndex(searcher.index)
@@ -195,6 +196,36 @@ def test_ef_estimate_is_worked_out_when_read(ro, encoder, ef_search, searches):
     assert estimate == {"mean": round(float(np.mean(efs)), 2), "std": round(float(np.std(efs)), 2), "n": 50,
                         "k": 50, "left_out": "nothing (the query is not a stored video)"}
     assert result.ef_estimate is estimate and counting.searches == searches[1] + 1  # read once, kept
+
+
+def test_result_ids_and_scores_come_without_hit_objects_and_keep_any_id(tmp_path, monkeypatch):
+    store = open_store(tmp_path / "s", create=True)
+    vectors, _ = SPACE.sample(40, seed=5)
+    ids = [f"écho-{i}-ü" if i % 2 else "v" * (i + 1) for i in range(40)]  # non-ASCII, 1 to 39 characters
+    store.add_videos([{"video_id": v, "patient_id": f"p{i}"} for i, v in enumerate(ids)])
+    store.add_vectors(PROV, ids, vectors)
+    build_index(store, "toy", progress=False)
+    unit = store.get_vectors("toy", ids)
+    store.close()
+
+    class Counted(search_module.Hit):
+        __slots__ = ()
+        made = 0
+
+        def __init__(self, *args, **kwargs):
+            Counted.made += 1
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "Hit", Counted)
+    with open_store(tmp_path / "s", read_only=True) as ro:
+        result = Searcher(ro, "toy").search_id("écho-7-ü", k=5)
+        scores = unit @ unit[7]
+        order = [i for i in np.argsort(-scores, kind="stable") if i != 7][:5]
+        assert result.ids == [ids[i] for i in order] and Counted.made == 0  # no Hit built for ids and scores
+        np.testing.assert_allclose(result.scores, scores[order], rtol=1e-5)
+        assert [(h.id, h.score) for h in result.hits] == list(zip(result.ids, result.scores)) and Counted.made == 5
+        assert result.hits[0].metadata["patient_id"] == f"p{order[0]}" and result.hits is result.hits  # built once
+        assert Counted.made == 5
 
 
 def test_video_to_report_and_report_to_video(ro):

@@ -81,17 +81,24 @@ class Hit:
 class SearchResult:
     """What every surface returns: hits, what the filter removed, provenance, timing, a kNN EF estimate.
 
-    `ef_estimate` is worked out when first read (`estimate`, from the neighbours the search already
-    found when its beam was wide enough, else with a search of its own), so a caller that wants only
-    the hits does not pay for it; `took_ms` is the time to the hits.
+    `ids` and `scores` (best first) come with the result; `hits` (Hit objects with their catalog rows) are
+    built when first read (`make_hits`) and `ef_estimate` is worked out when first read (`estimate`, from
+    the neighbours the search already found when its beam was wide enough, else with a search of its
+    own), so a caller that wants only the ids pays for neither; `took_ms` is the time to the ids.
     """
 
-    hits: list[Hit]
+    ids: list[str]
+    scores: list[float]
     filtered_out: int
     provenance: dict
     took_ms: float
+    make_hits: Callable[[], list[Hit]] = field(repr=False)
     estimate: Callable[[], dict | None] | None = field(default=None, repr=False)
     query: dict = field(default_factory=dict)
+
+    @cached_property
+    def hits(self) -> list[Hit]:
+        return self.make_hits()
 
     @cached_property
     def ef_estimate(self) -> dict | None:
@@ -200,12 +207,17 @@ def read_vector_file(path: str | Path) -> np.ndarray:
 
 
 class Searcher:
-    """Neighbours of a query among one (encoder, target) vector set, with their catalog rows."""
+    """Neighbours of a query among one (encoder, target) vector set, with their catalog rows.
 
-    def __init__(self, store: Store, encoder: str, target: str = "videos"):
+    `with_estimate`: the caller reads every result's EF estimate (the CLI and REST do), so one search
+    wide enough for both serves the hits and the estimate; otherwise the hits' search asks for k only
+    (the same FAISS call search_many makes) and the estimate, when read, makes a search of its own.
+    """
+
+    def __init__(self, store: Store, encoder: str, target: str = "videos", with_estimate: bool = False):
         if target not in TARGETS:
             raise BadInput(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-        self.store, self.encoder, self.target = store, encoder, target
+        self.store, self.encoder, self.target, self.with_estimate = store, encoder, target, with_estimate
         info = store.encoder_info(encoder)
         self.index, self.sidecar = load_index(store, encoder, target)
         self.dim = int(info["dim"])
@@ -215,6 +227,10 @@ class Searcher:
                            f"rebuild it with `{build_command(store, encoder, target)}`")
         self.size = int(self.index.ntotal)
         self._dense = self.size == 0 or int(self.rows[-1] - self.rows[0]) == self.size - 1  # rows first..last, no gaps
+        # the ids again as one UTF-8 byte string each in a NumPy array (the longest id's bytes a row): a result's
+        # ids are read from it, not from the list, whose pointer and string object are two cache misses a
+        # hit at 1M (7 us a query for 10 hits right after a search, 2.5 from the array)
+        self._id_bytes = np.array([item.encode() for item in self.ids], dtype=bytes)
         self.exact_storage = holds_exact_vectors(self.index)
         self._plain_params: dict[tuple[int, float | None], faiss.SearchParameters | None] = {}
         self.query_encoder = QueryEncoder.of(store, encoder, info)
@@ -369,11 +385,12 @@ class Searcher:
         results = []
         for query, score_row, row_row in zip(kinds, scores, rows):
             valid = row_row >= 0
-            hits = self._hits(score_row[valid], row_row[valid], None)
+            positions, found, score_list = self._listed(score_row[valid], row_row[valid])
             excluded = exclude is not None and query["kind"] == "id"
             results.append(SearchResult(  # no label estimate: it needs a second, wider search per query (use search)
-                hits=hits, filtered_out=filtered_out, provenance=self.provenance, took_ms=took,
-                query=self._query_record(query, k, len(hits), where, False, excluded)))
+                ids=found, scores=score_list, filtered_out=filtered_out, provenance=self.provenance, took_ms=took,
+                make_hits=self._make_hits(found, score_list, positions, None),
+                query=self._query_record(query, k, len(found), where, False, excluded)))
         return results
 
     def neighbours_many(self, vectors: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
@@ -520,10 +537,12 @@ class Searcher:
         arr = np.asarray(vector, dtype=np.float32)
         if arr.ndim > 2 or (arr.ndim == 2 and arr.shape[0] != 1):
             raise BadInput(f"give one query vector of dimension {self.dim}, got an array of shape {arr.shape}")
-        arr = arr.reshape(1, -1)
-        if arr.shape[1] == self.dim and abs(float(arr[0] @ arr[0]) - 1.0) < 2e-5:
-            return arr  # finite (NaN/inf would propagate into the dot) and unit: nothing to do, ~1 us
-        return normalise(arr, self.dim, "query vector")
+        if (arr.size == self.dim and arr.flags.c_contiguous
+                and abs(faiss.fvec_norm_L2sqr(faiss.swig_ptr(arr), self.dim) - 1.0) < 2e-5):
+            # finite (NaN/inf fail the test) and unit: nothing to do. FAISS's norm, not a NumPy dot: right
+            # after a search has swept the CPU caches, the dot took ~27 us at 10k x 512, this ~12
+            return arr.reshape(1, self.dim)
+        return normalise(arr.reshape(1, -1), self.dim, "query vector")
 
     def _check_k(self, k: int) -> None:
         """k <= 0 is an error; a k above what the store or filter leaves returns what exists (the result says so)."""
@@ -536,12 +555,13 @@ class Searcher:
         self._check_k(k)
         if self.centre is not None:
             vector = centre(vector, self.centre)
-        exclude = self._rows_of(exclude_ids)
+        exclude = self._rows_of(exclude_ids) if exclude_ids else NO_ROWS
         allowed = None if where is None else self.allowed(where)
         if restrict is not None:  # rows a query kind itself limits to (a study's section)
             allowed = restrict if allowed is None else np.intersect1d(allowed, restrict)
         left_out = self._estimate_left_out(query_id)
-        n_wide = None if left_out is None else max(k + len(exclude), EF_ESTIMATE_K + len(left_out[0]))
+        n_wide = (max(k + len(exclude), EF_ESTIMATE_K + len(left_out[0]))
+                  if self.with_estimate and left_out is not None else None)
         wide = None
         if same_patient:
             scores, rows, counts = self._by_patient(vector, k, allowed, exclude)
@@ -557,11 +577,12 @@ class Searcher:
             else:
                 scores, rows = wide_scores[:k], wide[:k]
             counts = None
-        hits = self._hits(scores, rows, counts)
-        query = self._query_record(query, k, len(hits), where, same_patient, bool(len(exclude)))
+        positions, found, score_list = self._listed(scores, rows)
+        query = self._query_record(query, k, len(found), where, same_patient, bool(len(exclude)))
         return SearchResult(
-            hits=hits, filtered_out=0 if allowed is None else self.size - len(allowed), provenance=self.provenance,
-            took_ms=round((time.perf_counter() - start) * 1000, 3), query=query,
+            ids=found, scores=score_list, filtered_out=0 if allowed is None else self.size - len(allowed),
+            provenance=self.provenance, took_ms=round((time.perf_counter() - start) * 1000, 3),
+            make_hits=self._make_hits(found, score_list, positions, counts), query=query,
             estimate=None if left_out is None else self._estimate_later(vector, allowed, left_out, wide),
         )
 
@@ -746,18 +767,26 @@ class Searcher:
         best = [members[0] for members in list(groups.values())[:k]]
         return scores[best], rows[best], [len(members) for members in list(groups.values())[:k]]
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, counts: list[int] | None) -> list[Hit]:
-        names, ids, meta = self.columns, self.ids, self.meta
-        return [Hit(i, ids[p], score, names, meta[p], None if counts is None else counts[i - 1])
-                for i, (p, score) in enumerate(zip(self._position_list(rows), scores.tolist()), 1)]
+    def _listed(self, scores: np.ndarray, rows: np.ndarray) -> tuple[list[int], list[str], list[float]]:
+        """(positions in self.rows, ids, scores) of found rows as Python lists: what a result carries."""
+        at = self._positions(rows)
+        return at.tolist(), [item.decode() for item in self._id_bytes[at].tolist()], scores.tolist()
+
+    def _make_hits(self, ids: list[str], scores: list[float], positions: list[int],
+                   counts: list[int] | None) -> Callable[[], list[Hit]]:
+        """The result's Hit objects as a call made when `hits` is first read (ten objects cost ~15 us a query
+        at 1M, as much as a tenth of the search)."""
+        names, meta = self.columns, self.meta
+        return lambda: [Hit(i, item, score, names, meta[p], None if counts is None else counts[i - 1])
+                        for i, (item, score, p) in enumerate(zip(ids, scores, positions), 1)]
 
     def _position_list(self, rows: np.ndarray) -> list[int]:
         """_positions for a few rows as Python ints: after a search has swept the caches, one NumPy
         subtraction cost ~25 us, the loop over 10-50 ints a few."""
         if not self._dense:
             return self._positions(rows).tolist()
-        first = self._first_row
-        return [r - first for r in rows.tolist()]
+        first, listed = self._first_row, rows.tolist()
+        return listed if first == 0 else [r - first for r in listed]
 
     @cached_property
     def _first_row(self) -> int:
@@ -765,7 +794,9 @@ class Searcher:
 
     def _positions(self, rows: np.ndarray) -> np.ndarray:
         """Index of each row in self.rows (arithmetic when the rows have no gaps, the usual case)."""
-        return rows - self.rows[0] if self._dense else np.searchsorted(self.rows, rows)
+        if self._dense:
+            return rows if self._first_row == 0 else rows - self._first_row
+        return np.searchsorted(self.rows, rows)
 
 
 def _catalog_rows(store: Store, encoder: str, target: str) -> tuple[np.ndarray, list[str], tuple[str, ...], list[tuple]]:

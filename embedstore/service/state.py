@@ -87,7 +87,7 @@ class ServiceState:
     def searcher(self, encoder: str, target: str) -> Searcher:
         key = (encoder, target)
         if key not in self.searchers:
-            searcher = Searcher(self.store, encoder, target)
+            searcher = Searcher(self.store, encoder, target, with_estimate=True)  # every response carries it
             searcher.filter_timeout_s = min(self.settings.filter_timeout_s, self.settings.request_timeout_s)
             self.searchers[key] = searcher
         return self.searchers[key]
