@@ -164,7 +164,7 @@ def test_result_carries_provenance_ef_estimate_and_serialises(ro):
 
 
 class CountingIndex:
-    """The Searcher's FAISS index with its search calls counted."""
+    """The Searcher's FAISS index with its search calls counted (the Python wrapper's and the C++ one's)."""
 
     def __init__(self, index):
         self.inner, self.searches = index, 0
@@ -172,6 +172,10 @@ class CountingIndex:
     def search(self, *args, **kwargs):
         self.searches += 1
         return self.inner.search(*args, **kwargs)
+
+    def search_c(self, *args):
+        self.searches += 1
+        return self.inner.search_c(*args)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -406,10 +410,8 @@ def test_where_cannot_read_server_files(tmp_path):
 @pytest.fixture()
 def counted(monkeypatch):
     """Counts of file hashes and decodes made by the query encoder."""
-    import embedstore.datasets.ingest as ingest
-
     calls = {"hash": 0, "decode": 0}
-    hash_file, decode = ingest.sha256_file, search_module.read_video
+    hash_file, decode = search_module.sha256_file, search_module.read_video
 
     def hashing(path):
         calls["hash"] += 1
@@ -419,7 +421,7 @@ def counted(monkeypatch):
         calls["decode"] += 1
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(ingest, "sha256_file", hashing)
+    monkeypatch.setattr(search_module, "sha256_file", hashing)
     monkeypatch.setattr(search_module, "read_video", decoding)
     return calls
 

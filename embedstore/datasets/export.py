@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 import embedstore
 from embedstore.datasets.croissant import croissant
-from embedstore.datasets.ingest import sha256_file
+from embedstore.hashing import sha256_file
 from embedstore.encoders.provenance import RANDOM_INIT
 from embedstore.encoders.weights import NO_REDISTRIBUTION, WEIGHTS
 from embedstore.errors import BadInput, NotFound

@@ -15,7 +15,6 @@ cannot be cleaned is refused here, before it reaches the catalog; warnings are l
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import pydicom
 
 from embedstore.datasets.echonet import DECLARED, read_filelist, read_reports, read_volume_tracings
 from embedstore.errors import BadInput, EmbedstoreError, NotFound
+from embedstore.hashing import sha256_file
 from embedstore.progress import bar
 from embedstore.store import Store
 from embedstore.video.read import VIDEO_SUFFIXES, read_video
@@ -48,14 +48,6 @@ class IngestSummary:
         return {"added": self.added, "unchanged": self.unchanged, "labelled": self.labelled,
                 "reports": self.reports, "traced": self.traced, "skipped": [{"item": p, "reason": r} for p, r in self.skipped],
                 "warnings": self.warnings, "mask": self.mask}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_videos(folder: Path) -> list[Path]:

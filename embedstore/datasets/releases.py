@@ -29,7 +29,7 @@ import embedstore
 from embedstore import config
 from embedstore.datasets.echonet import read_filelist, strip_avi
 from embedstore.datasets.export import BUNDLE_FORMAT, HEX64, licence_info, read_bundle, read_manifest
-from embedstore.datasets.ingest import sha256_file
+from embedstore.hashing import sha256_file
 from embedstore.errors import BadInput, NotFound
 from embedstore.progress import bar
 from embedstore.store import Store, open_store

@@ -19,7 +19,8 @@ import numpy as np
 from embedstore import config
 from embedstore.devices import bf16_native, out_of_memory_as_error
 from embedstore.encoders.provenance import RANDOM_INIT, numerics
-from embedstore.encoders.weights import WEIGHTS, Resolved, find, resolve, sha256_file
+from embedstore.encoders.weights import WEIGHTS, Resolved, find, resolve
+from embedstore.hashing import sha256_file
 from embedstore.errors import BadInput, NotFound
 from embedstore.video.read import Video
 

@@ -24,6 +24,7 @@ from embedstore.config import weights_dir
 from embedstore.encoders.base import Encoder, register
 from embedstore.encoders.weights import Resolved
 from embedstore.errors import BadInput, WeightsNotFound
+from embedstore.hashing import sha256_file
 from embedstore.video.prepare import center_crop_square, resize_uint8, zoom_center
 from embedstore.video.read import Video
 
@@ -155,8 +156,6 @@ class EchoCLIPR(EchoCLIP):
 
     def recorded_options(self) -> dict:
         """The vocabulary by path and sha256 (None when none is set up yet: a video-only set)."""
-        from embedstore.encoders.weights import sha256_file
-
         options = super().recorded_options()
         try:
             path = self._vocab_path()

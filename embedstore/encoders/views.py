@@ -17,7 +17,8 @@ import numpy as np
 from embedstore import config
 from embedstore.encoders.echoprime import EchoPrimePreparer, normalise
 from embedstore.encoders.state import load_into, load_torch_file
-from embedstore.encoders.weights import resolve, sha256_file
+from embedstore.encoders.weights import resolve
+from embedstore.hashing import sha256_file
 from embedstore.errors import BadInput
 from embedstore.progress import bar
 

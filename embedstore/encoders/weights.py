@@ -1,4 +1,4 @@
-"""Where each encoder's checkpoint comes from: named weights as data, resolution, hashing.
+"""Where each encoder's checkpoint comes from: named weights as data, resolution (hashing: embedstore/hashing.py).
 
 Resolution order (first hit wins, nothing is downloaded):
   1. an explicit path (a checkpoint file, or a folder holding one);
@@ -9,7 +9,6 @@ Resolution order (first hit wins, nothing is downloaded):
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,20 +247,3 @@ def _not_found_message(entry: NamedWeights) -> str:
         f"no weights for encoder '{entry.encoder}': expected a {_expected(entry)} in {' or '.join(places)};"
         f" on a machine with internet fetch them with: {entry.fetch}; or pass weights=PATH"
     )
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed; cached by (path, size, mtime) so re-hashing is free."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(chunk):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]

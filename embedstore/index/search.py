@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +22,7 @@ import numpy as np
 from embedstore.encoders.provenance import RANDOM_INIT, is_random, rebuild
 from embedstore.devices import faiss_gpus
 from embedstore.errors import BadInput, Conflict, NotFound, TooManyFrames
+from embedstore.hashing import sha256_file
 from embedstore.index import exact
 from embedstore.index.build import load_index, sidecar_centre
 from embedstore.index.factory import flat_storage, holds_exact_vectors, search_parameters
@@ -182,8 +183,6 @@ class QueryEncoder:
 
     def stored_video_id(self, path: Path) -> str | None:
         """The id of a stored video with a vector whose file has exactly these bytes."""
-        from embedstore.datasets.ingest import sha256_file
-
         return self.store.catalog.video_by_sha256(sha256_file(path), self.name)
 
     def text_vector(self, text: str) -> np.ndarray:
@@ -389,7 +388,7 @@ class Searcher:
             excluded = exclude is not None and query["kind"] == "id"
             results.append(SearchResult(  # no label estimate: it needs a second, wider search per query (use search)
                 ids=found, scores=score_list, filtered_out=filtered_out, provenance=self.provenance, took_ms=took,
-                make_hits=self._make_hits(found, score_list, positions, None),
+                make_hits=partial(self._hits, found, score_list, positions, None),
                 query=self._query_record(query, k, len(found), where, False, excluded)))
         return results
 
@@ -582,7 +581,7 @@ class Searcher:
         return SearchResult(
             ids=found, scores=score_list, filtered_out=0 if allowed is None else self.size - len(allowed),
             provenance=self.provenance, took_ms=round((time.perf_counter() - start) * 1000, 3),
-            make_hits=self._make_hits(found, score_list, positions, counts), query=query,
+            make_hits=partial(self._hits, found, score_list, positions, counts), query=query,
             estimate=None if left_out is None else self._estimate_later(vector, allowed, left_out, wide),
         )
 
@@ -590,9 +589,7 @@ class Searcher:
                         wide: np.ndarray | None) -> Callable[[], dict | None]:
         """The label estimate as a call made when the result's ef_estimate is first read (the query vector is
         copied when that call must search again: the caller may reuse its array meanwhile)."""
-        if wide is None:
-            vector = vector.copy()
-        return lambda: self._ef_estimate(vector, allowed, left_out, wide)
+        return partial(self._ef_estimate, vector.copy() if wide is None else vector, allowed, left_out, wide)
 
     def _query_record(self, query: dict, k: int, returned: int, where: str | None, same_patient: bool,
                       excluded: bool) -> dict:
@@ -639,12 +636,12 @@ class Searcher:
         return self.target == "videos" and any(v is not None for v in self._ef_values)
 
     @cached_property
-    def _ef_values(self) -> list[float | None]:
+    def _ef_values(self) -> tuple[float | None, ...]:
         """The EF label per position in self.rows (None where none): the estimate reads 50 floats from one
         list instead of 50 metadata tuples. Plain Python on 50 values: right after a search has swept
         the caches, each NumPy call costs ~10 us more than the whole loop (measured at 10k x 512)."""
         ef = self.columns.index("ef") if "ef" in self.columns else None
-        return [None if ef is None or m[ef] is None else float(m[ef]) for m in self.meta]
+        return tuple(None if ef is None or m[ef] is None else float(m[ef]) for m in self.meta)
 
     def _ef_estimate(self, vector: np.ndarray, allowed: np.ndarray | None, left_out: tuple[np.ndarray, str] | None,
                      neighbours: np.ndarray | None = None) -> dict | None:
@@ -714,8 +711,12 @@ class Searcher:
             params = self._unfiltered_params(n, rerank)
         else:
             params = search_parameters(self._setting(rerank), n, selector, share)
-        scores, rows = self.index.search(vector, n, params=params)
-        if rows[0, -1] >= 0:  # FAISS pads missing results with -1 at the end
+        # FAISS's C++ search itself, not its Python wrapper, whose checks and dtype parsing cost ~3 us a query
+        # (a quarter of what the Searcher adds at 1M); the query is one C-contiguous float32 row
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
+        scores, rows = np.empty((1, n), np.float32), np.empty((1, n), np.int64)
+        self.index.search_c(1, faiss.swig_ptr(vector), n, faiss.swig_ptr(scores), faiss.swig_ptr(rows), params)
+        if rows.item(-1) >= 0:  # FAISS pads missing results with -1 at the end
             return scores[0], rows[0]
         valid = rows[0] >= 0
         return scores[0][valid], rows[0][valid]
@@ -767,18 +768,17 @@ class Searcher:
         best = [members[0] for members in list(groups.values())[:k]]
         return scores[best], rows[best], [len(members) for members in list(groups.values())[:k]]
 
-    def _listed(self, scores: np.ndarray, rows: np.ndarray) -> tuple[list[int], list[str], list[float]]:
-        """(positions in self.rows, ids, scores) of found rows as Python lists: what a result carries."""
+    def _listed(self, scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[str], list[float]]:
+        """(positions in self.rows, ids, scores) of found rows: ids and scores as the lists a result carries."""
         at = self._positions(rows)
-        return at.tolist(), [item.decode() for item in self._id_bytes[at].tolist()], scores.tolist()
+        return at, [item.decode() for item in self._id_bytes[at].tolist()], scores.tolist()
 
-    def _make_hits(self, ids: list[str], scores: list[float], positions: list[int],
-                   counts: list[int] | None) -> Callable[[], list[Hit]]:
-        """The result's Hit objects as a call made when `hits` is first read (ten objects cost ~15 us a query
-        at 1M, as much as a tenth of the search)."""
+    def _hits(self, ids: list[str], scores: list[float], positions: np.ndarray, counts: list[int] | None) -> list[Hit]:
+        """A result's Hit objects, built when its `hits` is first read (ten cost ~15 us a query at 1M, as much
+        as a tenth of the search)."""
         names, meta = self.columns, self.meta
-        return lambda: [Hit(i, item, score, names, meta[p], None if counts is None else counts[i - 1])
-                        for i, (item, score, p) in enumerate(zip(ids, scores, positions), 1)]
+        return [Hit(i, item, score, names, meta[p], None if counts is None else counts[i - 1])
+                for i, (item, score, p) in enumerate(zip(ids, scores, positions.tolist()), 1)]
 
     def _position_list(self, rows: np.ndarray) -> list[int]:
         """_positions for a few rows as Python ints: after a search has swept the caches, one NumPy
@@ -799,16 +799,19 @@ class Searcher:
         return np.searchsorted(self.rows, rows)
 
 
-def _catalog_rows(store: Store, encoder: str, target: str) -> tuple[np.ndarray, list[str], tuple[str, ...], list[tuple]]:
+def _catalog_rows(store: Store, encoder: str, target: str) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...],
+                                                                   tuple[tuple, ...]]:
     """(rows, ids, metadata column names, one metadata tuple per row) of every stored vector, in row order.
 
-    Held in memory so a hit costs a list lookup, not a catalog query (~100 bytes a row plus its strings).
+    Held in memory so a hit costs a lookup, not a catalog query (~100 bytes a row plus its strings). Tuples,
+    not lists: the garbage collector stops tracking a tuple of strings and numbers, where it walks every
+    item of a list at each full collection (60 ms a collection at 1M rows, a pause in a batch or a request).
     """
     table, key, columns = META_COLUMNS[target]
     data = store.catalog.metadata_rows(encoder, target, columns)
     rows = data.column("row").to_numpy().astype(np.int64)
-    meta = list(zip(*(data.column(c).to_pylist() for c in columns))) if len(rows) else []
-    return rows, data.column("item_id").to_pylist(), columns, meta
+    meta = tuple(zip(*(data.column(c).to_pylist() for c in columns))) if len(rows) else ()
+    return rows, tuple(data.column("item_id").to_pylist()), columns, meta
 
 
 def _provenance(info: dict, sidecar: dict) -> dict:

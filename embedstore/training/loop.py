@@ -20,7 +20,7 @@ import embedstore
 from embedstore.analysis.metrics import accuracy_threshold, youden_threshold
 from embedstore.encode.reader import prepared_stream
 from embedstore.video.regions import MaskedPreparer
-from embedstore.encoders.weights import sha256_file
+from embedstore.hashing import sha256_file
 from embedstore.progress import bar
 from embedstore.store import Run, Store
 from embedstore.training import checkpoint
