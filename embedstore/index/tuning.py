@@ -25,8 +25,8 @@ EF_SEARCH = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320
 NPROBE = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 K_FACTORS = (2, 4, 8, 16, 32, 64)  # re-ranking factors tried for IVF + exact re-ranking (index/large.py)
 CURVE_TOP = 0.999  # the recorded curve goes on past the target up to this recall, for `index --recall` later
-# a single search re-ranks at least this many candidates: the Searcher's hits and its EF estimate's 50
-# neighbours come from one search (index/search.py, EF_ESTIMATE_K)
+# a single search of the CLI and REST re-ranks at least this many candidates: their Searchers (made
+# with_estimate) find the hits and the EF estimate's 50 neighbours in one search (index/search.py, EF_ESTIMATE_K)
 SEARCH_CANDIDATES_MIN = 50
 PLATEAU = 3  # a re-ranked sweep stops when recall rose by < 0.001 over this many more lists probed
 BATCH = 65_536  # stored vectors read at a time
@@ -126,7 +126,8 @@ def setting_for(curve: list[dict], recall_target: float) -> tuple[dict, float]:
     Bytes, not the measured time: batch timings of neighbouring points differ by less than their noise
     (at 1M the first points also paged the memory-mapped rows in: nprobe 3 timed 0.042 ms a query,
     nprobe 2 0.065). nprobe lists of n / nlist codes, plus the exact rows re-ranked: max(k x k_factor,
-    SEARCH_CANDIDATES_MIN), as the Searcher's single queries re-rank. At 1M x 512 (244 codes of 72 B a
+    SEARCH_CANDIDATES_MIN), as the single queries of the CLI and REST re-rank (a Searcher without
+    with_estimate re-ranks k x k_factor: at 1M the two settings below differ by less than the noise there). At 1M x 512 (244 codes of 72 B a
     list, 2 KB rows) nprobe 2 / k_factor 4 reads 137 KB, nprobe 3 / k_factor 2 155 KB; through the
     Searcher they ran 0.198 and 0.209 ms p50 (raw faiss at k=10, 40 vs 20 rows: 0.160 and 0.159 ms;
     bench/search.py, 2026-11-29).
