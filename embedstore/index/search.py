@@ -657,7 +657,7 @@ class Searcher:
         else:
             rows = (neighbours[_kept(neighbours, exclude)] if len(exclude) else neighbours)[:EF_ESTIMATE_K]
         labels = self._ef_values
-        values = [v for p in self._position_list(rows) if (v := labels[p]) is not None]
+        values = [v for p in self._positions(rows).tolist() if (v := labels[p]) is not None]
         if not values:
             return None
         mean = sum(values) / len(values)
@@ -780,20 +780,13 @@ class Searcher:
         return [Hit(i, item, score, names, meta[p], None if counts is None else counts[i - 1])
                 for i, (item, score, p) in enumerate(zip(ids, scores, positions.tolist()), 1)]
 
-    def _position_list(self, rows: np.ndarray) -> list[int]:
-        """_positions for a few rows as Python ints: after a search has swept the caches, one NumPy
-        subtraction cost ~25 us, the loop over 10-50 ints a few."""
-        if not self._dense:
-            return self._positions(rows).tolist()
-        first, listed = self._first_row, rows.tolist()
-        return listed if first == 0 else [r - first for r in listed]
-
     @cached_property
     def _first_row(self) -> int:
         return int(self.rows[0]) if len(self.rows) else 0
 
     def _positions(self, rows: np.ndarray) -> np.ndarray:
-        """Index of each row in self.rows (arithmetic when the rows have no gaps, the usual case)."""
+        """Index of each row in self.rows: the rows themselves when they are 0..n-1 (the usual case: no NumPy
+        call, which costs ~25 us right after a search has swept the caches), else arithmetic or a search."""
         if self._dense:
             return rows if self._first_row == 0 else rows - self._first_row
         return np.searchsorted(self.rows, rows)
